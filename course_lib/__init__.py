@@ -1,0 +1,71 @@
+"""course_lib: the small library behind the training-loops workbook.
+
+Each module opens by naming the lesson that introduces it. The names below are the public ones
+that lessons, exercises and tests use.
+"""
+
+from course_lib.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
+from course_lib.config import TrainConfig
+from course_lib.data import (
+    class_counts,
+    downsample_class,
+    load_digits_splits,
+    make_digits_loaders,
+    make_loader,
+)
+from course_lib.history import History
+from course_lib.loop import (
+    NonFiniteLossError,
+    TrainState,
+    build_optimizer,
+    describe_loop,
+    evaluate,
+    fit,
+    resolve_device,
+)
+from course_lib.losses import FocalLoss, focal_loss
+from course_lib.metrics import (
+    accuracy,
+    confusion_matrix,
+    ema_smooth,
+    per_class_accuracy,
+    precision_recall,
+    regression_errors,
+)
+from course_lib.models import MLP, SmallCNN
+from course_lib.schedules import build_scheduler, warmup_cosine, warmup_cosine_multiplier
+from course_lib.seeding import seed_everything
+
+__all__ = [
+    "MLP",
+    "FocalLoss",
+    "History",
+    "NonFiniteLossError",
+    "SmallCNN",
+    "TrainConfig",
+    "TrainState",
+    "UnsafeCheckpointError",
+    "accuracy",
+    "build_optimizer",
+    "build_scheduler",
+    "class_counts",
+    "confusion_matrix",
+    "describe_loop",
+    "downsample_class",
+    "ema_smooth",
+    "evaluate",
+    "fit",
+    "focal_loss",
+    "load_checkpoint",
+    "load_digits_splits",
+    "make_digits_loaders",
+    "make_loader",
+    "per_class_accuracy",
+    "precision_recall",
+    "regression_errors",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "warmup_cosine",
+    "warmup_cosine_multiplier",
+]

@@ -1,0 +1,78 @@
+"""What every exercise check shares: friendly one-line failures and short success messages.
+
+A check cell in an exercise notebook calls one check function. On success it prints one line saying
+what was verified. On failure it raises `CheckFailure`, an `AssertionError`, so nbval and any grader
+count the cell as failed; Jupyter shows the exception through `_render_traceback_` as one readable
+line (what was expected, what came back, a hint) instead of a wall of traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+
+class CheckFailure(AssertionError):
+    """A check that did not pass: what was expected, what came back, and a hint."""
+
+    def __init__(self, what: str, expected=None, got=None, hint: str = ""):
+        self.what = what
+        self.expected = expected
+        self.got = got
+        self.hint = hint
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [self.what]
+        if self.expected is not None:
+            parts.append(f"expected {self.expected}")
+        if self.got is not None:
+            parts.append(f"got {self.got}")
+        text = "; ".join(parts)
+        if self.hint:
+            text += f". Hint: {self.hint}"
+        return text
+
+    def _render_traceback_(self):
+        # IPython calls this instead of printing the traceback.
+        return [f"\x1b[31m✗ {type(self).__name__}: {self.line()}\x1b[0m"]
+
+
+class NotImplementedYet(CheckFailure):
+    """The learner's stub still raises NotImplementedError."""
+
+    def __init__(self, name: str):
+        super().__init__(
+            f"`{name}` is not implemented yet",
+            hint="replace the `raise NotImplementedError(...)` line with your code, run that cell, "
+            "then run this check again",
+        )
+
+
+def passed(message: str) -> None:
+    """Print a short success line."""
+    print(f"✓ {message}")
+
+
+def call_learner(fn, *args, name: str | None = None, **kwargs):
+    """Call the learner's function, turning a stub or a crash into one readable failure."""
+    name = name or getattr(fn, "__name__", "your function")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise NotImplementedYet(name) from None
+    except CheckFailure:
+        raise
+    except Exception as error:  # noqa: BLE001 - any crash in learner code becomes a readable line
+        frame = traceback.extract_tb(sys.exc_info()[2])[-1]
+        raise CheckFailure(
+            f"`{name}` raised {type(error).__name__}: {error}",
+            hint=f"the error came from line {frame.lineno} of {frame.name}(); "
+            "run your cell on its own to see the full traceback",
+        ) from None
+
+
+def require(condition: bool, what: str, *, expected=None, got=None, hint: str = "") -> None:
+    """Raise a CheckFailure unless `condition` holds."""
+    if not condition:
+        raise CheckFailure(what, expected=expected, got=got, hint=hint)
