@@ -269,7 +269,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
         latest = Path(resume_from) / "checkpoints" / "latest.pt"
         if not latest.exists():
             raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
-        saved = load_checkpoint(latest, map_location=device)
+        # On the CPU: RNG states must stay there; load_state_dict copies the rest to the device.
+        saved = load_checkpoint(latest, map_location="cpu")
         _check_resumable(saved["config"], cfg)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
