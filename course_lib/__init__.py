@@ -1,7 +1,9 @@
 """course_lib: the small library behind the training-loops workbook.
 
 Each module opens by naming the lesson that introduces it. The names below are the public ones
-that lessons, exercises and tests use.
+that lessons, exercises and tests use. Plots, the live view and the widgets live in their own
+modules (`course_lib.plots`, `course_lib.live`, `course_lib.widgets`) so that importing the loop
+does not import matplotlib or ipywidgets.
 """
 
 from course_lib.checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
@@ -29,6 +31,7 @@ from course_lib.metrics import (
     confusion_matrix,
     ema_smooth,
     per_class_accuracy,
+    per_class_accuracy_from_confusion,
     precision_recall,
     regression_errors,
 )
@@ -61,6 +64,7 @@ __all__ = [
     "make_digits_loaders",
     "make_loader",
     "per_class_accuracy",
+    "per_class_accuracy_from_confusion",
     "precision_recall",
     "regression_errors",
     "resolve_device",
