@@ -5,3 +5,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Notebooks under tests/fixtures are inputs of other tests, not lessons to run under nbval.
 collect_ignore_glob = ["fixtures/*"]
+
+# The models in these tests are tiny: one thread runs them as fast as two, and it keeps a test
+# from competing for cores with the notebook kernels and subprocesses that other tests start.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

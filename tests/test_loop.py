@@ -208,36 +208,57 @@ def interrupt_at(step):
     return hook
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("stop_step", [1, 10, 16, 23])
-def test_resume_after_interruption_is_bit_for_bit(tmp_path, num_workers, stop_step):
-    # 11 optimizer steps per epoch (21 batches, windows of 2): step 16 is mid-epoch, after the
-    # checkpoint of step 14; step 23 is just after the second epoch's last (short) window.
-    reference_cfg = run_config(tmp_path, "reference")
-    reference_model = fresh_model(dropout=0.2)
-    reference = fit(reference_model, *digits_loaders(reference_cfg, num_workers), reference_cfg)
+# 600 examples in batches of 64 make 10 micro-batches an epoch; windows of 3 leave a short last
+# window of one, so an epoch is 4 optimizer steps and the run 12. Checkpoints every 2 steps fall
+# alternately mid-epoch (2, 6, 10) and at an epoch's end (4, 8, 12).
+RESUME_RUN = dict(epochs=3, batch_size=64, lr=3e-3, warmup_steps=3, eval_every=2, log_every=3,
+                  keep_best=2, grad_accum_steps=3)
 
-    cfg = run_config(tmp_path, "interrupted")
+
+def resume_loaders(cfg, num_workers):
+    return digits_loaders(cfg, num_workers=num_workers, train_size=600)
+
+
+_reference_runs = {}
+
+
+def reference_run(num_workers):
+    """The uninterrupted run, trained once per worker count for all the tests that need it."""
+    if num_workers not in _reference_runs:
+        cfg = TrainConfig(**RESUME_RUN)
+        model = fresh_model(dropout=0.2)
+        history = fit(model, *resume_loaders(cfg, num_workers), cfg)
+        _reference_runs[num_workers] = (model.state_dict(), history.without_timing())
+    return _reference_runs[num_workers]
+
+
+@pytest.mark.parametrize("num_workers,stop_step", [(0, 1), (0, 5), (0, 7), (0, 12), (2, 7)])
+def test_resume_after_interruption_is_bit_for_bit(tmp_path, num_workers, stop_step):
+    # Stopping at 1 resumes from the initial checkpoint, at 5 from an epoch boundary (step 4), at 7
+    # from the middle of an epoch (step 6), at 12 from the last step.
+    reference_weights, reference_history = reference_run(num_workers)
+    cfg = TrainConfig(**RESUME_RUN, out_dir=str(tmp_path / "run"))
     with pytest.raises(Interrupt):
-        fit(fresh_model(dropout=0.2), *digits_loaders(cfg, num_workers), cfg,
+        fit(fresh_model(dropout=0.2), *resume_loaders(cfg, num_workers), cfg,
             hooks=[interrupt_at(stop_step)])
     model = fresh_model(seed=123, dropout=0.2)  # resuming must not depend on the initial weights
-    resumed = fit(model, *digits_loaders(cfg, num_workers), cfg, resume_from=cfg.out_dir)
+    resumed = fit(model, *resume_loaders(cfg, num_workers), cfg, resume_from=cfg.out_dir)
 
-    for name, tensor in reference_model.state_dict().items():
+    for name, tensor in reference_weights.items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    assert resumed.without_timing() == reference.without_timing()
-    on_disk = History.from_jsonl(tmp_path / "interrupted" / "history.jsonl")
-    assert len(on_disk) == len(reference)
+    assert resumed.without_timing() == reference_history
+    on_disk = History.from_jsonl(tmp_path / "run" / "history.jsonl")
+    assert on_disk.without_timing() == reference_history
 
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
+    from torch.utils.data import TensorDataset
     from course_lib import MLP, TrainConfig, fit, seed_everything, load_digits_splits, make_loader
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, warmup_steps=5, eval_every=7, log_every=3,
-                      keep_best=2, grad_accum_steps=2, out_dir=sys.argv[1])
+    cfg = TrainConfig(**eval(sys.argv[3]), out_dir=sys.argv[1])
     splits = load_digits_splits(seed=0)
-    loaders = (make_loader(splits.train, 64, shuffle=True, seed=cfg.seed),
+    train = TensorDataset(*(t[:600] for t in splits.train.tensors))
+    loaders = (make_loader(train, 64, shuffle=True, seed=cfg.seed),
                make_loader(splits.val, cfg.eval_batch_size))
     seed_everything(0)
     model = MLP(dropout=0.2)
@@ -245,23 +266,22 @@ KILLED_RUN = textwrap.dedent("""
     def kill(state):
         if state.step == stop:
             os.kill(os.getpid(), signal.SIGKILL)
-    fit(model, *loaders, cfg, hooks=[kill], resume_from=sys.argv[1] if len(sys.argv) > 3 else None)
+    fit(model, *loaders, cfg, hooks=[kill])
 """)
 
 
 def test_resume_after_sigkill_is_bit_for_bit(tmp_path):
-    reference_cfg = run_config(tmp_path, "reference")
-    reference_model = fresh_model(dropout=0.2)
-    fit(reference_model, *digits_loaders(reference_cfg), reference_cfg)
-
+    reference_weights, reference_history = reference_run(0)
     out_dir = tmp_path / "killed"
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out_dir), "19"])
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out_dir), "7", repr(RESUME_RUN)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert killed.returncode == -signal.SIGKILL
-    cfg = run_config(tmp_path, "killed")
+    cfg = TrainConfig(**RESUME_RUN, out_dir=str(out_dir))
     model = fresh_model(seed=5, dropout=0.2)
-    fit(model, *digits_loaders(cfg), cfg, resume_from=out_dir)
-    for name, tensor in reference_model.state_dict().items():
+    resumed = fit(model, *resume_loaders(cfg, 0), cfg, resume_from=out_dir)
+    for name, tensor in reference_weights.items():
         assert torch.equal(model.state_dict()[name], tensor), name
+    assert resumed.without_timing() == reference_history
 
 
 def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
