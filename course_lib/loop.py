@@ -448,17 +448,21 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
 
             # -- periodic validation and checkpoints ------------------------------------------
             if step % cfg.eval_every == 0 or step == max_steps:
+                paused = time.perf_counter()
                 read_losses()  # never save a checkpoint after an unnoticed NaN
                 metrics = evaluate(model, val_loader, loss_fn, device, cfg.precision)
                 log({"step": step, "epoch": fractional_epoch, **metrics})
                 if files:
                     save(metrics)
+                log_clock += time.perf_counter() - paused  # samples_per_second is training only
 
             if hooks:
+                paused = time.perf_counter()
                 state = TrainState(step, max_steps, fractional_epoch, learning_rate,
                                    skipped_total, history, cfg, model)
                 for hook in hooks:
                     hook(state)
+                log_clock += time.perf_counter() - paused
 
             if step >= max_steps:
                 break
