@@ -5,6 +5,7 @@
 #   make lab          open JupyterLab on notebooks/
 #   make test         run the test suite
 #   make exercises    regenerate exercises/ from solutions/
+#   make outputs      re-execute every lesson and solution in place, then regenerate exercises/
 #   make screenshots  retake the JupyterLab screenshots
 #   make benchmark    time the training loop's overhead
 #   make clean        delete .venv
@@ -29,7 +30,7 @@ TORCH_SPEC := $(VENV)/.torch-spec
 KERNEL_NAME := training-loops
 KERNEL_DISPLAY_NAME := Python (training loops)
 
-.PHONY: help setup lab test exercises screenshots benchmark clean FORCE
+.PHONY: help setup lab test exercises outputs screenshots benchmark clean FORCE
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -66,6 +67,12 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 exercises: $(INSTALLED)
+	$(PY) -m course_lib.make_exercises
+
+# The committed notebooks carry their outputs, so they read well on a code-hosting site.
+outputs: $(INSTALLED)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=300 notebooks/*.ipynb solutions/*.ipynb
 	$(PY) -m course_lib.make_exercises
 
 screenshots: $(INSTALLED)
