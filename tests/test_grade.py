@@ -184,6 +184,7 @@ def test_kernel_killed_by_the_notebook_is_crashed(rows):
     assert "kernel died while running cell index 1" in row["note"]
 
 
+@pytest.mark.notebooks
 def test_invalid_json_is_not_a_notebook_but_still_has_its_checks(rows):
     assert summary(rows["not_json"]) == (
         "not a notebook", 0, 2, {"check-double": False, "check-halve": False}
