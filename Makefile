@@ -60,8 +60,9 @@ $(INSTALLED): pyproject.toml $(TORCH_SPEC)
 	@echo 'Registered the Jupyter kernel "$(KERNEL_DISPLAY_NAME)"'
 	@touch $@
 
+# The server's root is the checkout, so each lesson's link to ../exercises/ opens; it starts on notebooks/.
 lab: $(INSTALLED)
-	$(VENV)/bin/jupyter lab notebooks/ $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
