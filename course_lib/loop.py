@@ -30,7 +30,7 @@ from torch import nn
 from course_lib.checkpoint import load_checkpoint, rank_checkpoints, save_checkpoint
 from course_lib.config import TrainConfig
 from course_lib.history import History
-from course_lib.metrics import per_class_accuracy_from_confusion
+from course_lib.metrics import confusion_matrix, per_class_accuracy_from_confusion
 from course_lib.schedules import build_scheduler
 from course_lib.seeding import get_rng_state, set_rng_state
 
@@ -135,10 +135,7 @@ def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str
                 targets = targets.to(device, non_blocking=True)
                 logits = model(inputs)
                 total_loss += loss_fn(logits, targets).float() * len(targets)
-                num_classes = logits.shape[-1]
-                pairs = targets * num_classes + logits.argmax(dim=-1)
-                counts = torch.bincount(pairs, minlength=num_classes * num_classes)
-                counts = counts.view(num_classes, num_classes)
+                counts = confusion_matrix(logits.argmax(dim=-1), targets, logits.shape[-1])
                 confusion = counts if confusion is None else confusion + counts
                 batches += 1
     finally:
@@ -264,6 +261,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     skipped_total = 0
     best = []  # {"path", "step", "metric"} of the kept best checkpoints
     log_window = []  # finite losses read from the device since the last training record
+    smooth, smooth_count = 0.0, 0  # the EMA of logged losses (before debiasing), and its length
 
     if resume_from is not None:
         latest = Path(resume_from) / "checkpoints" / "latest.pt"
@@ -283,6 +281,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
         best = saved["best"]
         resumed_rng = saved["rng"]
         log_window = list(saved["log_window"])
+        smooth, smooth_count = saved["smoothing"]
 
     files = _RunFiles(cfg.out_dir) if cfg.out_dir else None
     if files:
@@ -310,6 +309,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
             "consecutive_skips": consecutive_skips,
             "skipped_total": skipped_total,
             "log_window": list(log_window),  # losses read but not yet logged
+            "smoothing": (smooth, smooth_count),
             "metrics": metrics,
         }
 
@@ -329,11 +329,6 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
 
     # Training losses since the last read, still on the device: (step, loss tensor).
     unread_losses = []
-    smooth, smooth_count = 0.0, 0
-    for record in history.train:  # a resumed run continues the same smoothing
-        if math.isfinite(record["loss"]):
-            smooth = smooth * cfg.smoothing + (1 - cfg.smoothing) * record["loss"]
-            smooth_count += 1
     last_grad_norm = None
     samples_since_log = 0
     log_clock = time.perf_counter()

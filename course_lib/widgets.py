@@ -30,11 +30,7 @@ from course_lib.plots import (
     plot_lr_schedule,
     plot_relative_error,
 )
-from course_lib.schedules import (
-    warmup_constant_multiplier,
-    warmup_cosine_multiplier,
-    warmup_linear_multiplier,
-)
+from course_lib.schedules import MULTIPLIERS, schedule_curve
 
 # ---- shared ---------------------------------------------------------------------------------
 
@@ -195,15 +191,8 @@ def schedule_explorer_curve(kind: str, warmup_steps: int, total_steps: int,
     if total_steps < 1:
         raise ValueError(f"total_steps must be at least 1, got {total_steps}")
     warmup_steps = max(0, min(warmup_steps, total_steps))
-    multipliers = {
-        "warmup_cosine": warmup_cosine_multiplier,
-        "warmup_linear": warmup_linear_multiplier,
-        "constant": warmup_constant_multiplier,
-    }
-    if kind in multipliers:
-        function = multipliers[kind]
-        return [function(step, warmup_steps, total_steps, min_lr_ratio)
-                for step in range(total_steps)]
+    if kind in MULTIPLIERS:
+        return schedule_curve(kind, warmup_steps, total_steps, min_lr_ratio)
     if kind == "step":
         step_size = max(1, total_steps // 3)
         return _torch_scheduler_curve(

@@ -16,6 +16,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from course_lib.checks._core import CheckFailure, NotImplementedYet, call_learner, passed, require
 from course_lib.data import class_counts, load_digits_splits
+from course_lib.metrics import precision_recall
 from course_lib.models import MLP
 
 # The rare class's gap below the mean over classes, averaged over the last few evaluations (one
@@ -92,12 +93,6 @@ def _recall(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> lis
     return [float(r) if present[c] > 0 else math.nan for c, r in enumerate(recall)]
 
 
-def _precision(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> list[float]:
-    predicted = torch.bincount(preds, minlength=num_classes)
-    correct = torch.bincount(targets[preds == targets], minlength=num_classes)
-    return [c / p if p > 0 else math.nan for c, p in zip(correct.tolist(), predicted.tolist())]
-
-
 # ---- (a) per_class_accuracy ----------------------------------------------------------------------
 
 
@@ -156,7 +151,7 @@ def check_per_class_accuracy(per_class_accuracy) -> None:
                            expected=_fmt(expected), got=_fmt(got),
                            hint="compute each class's accuracy over the examples whose TRUE label "
                            "is that class only (targets == c)")
-    if _all_close(got, _precision(preds, targets, 10)):
+    if _all_close(got, precision_recall(preds, targets, 10)["precision"]):
         raise CheckFailure("per_class_accuracy returned each class's precision",
                            expected=_fmt(expected), got=_fmt(got),
                            hint="divide by the number of examples whose true label is c, not by "
