@@ -5,9 +5,10 @@ parameter groups, warmup-cosine schedule, gradient clipping, logging cadence and
 evaluation. The script checks that they end at the same loss, then prints the time ratio fit / hand-written. Each loop runs several
 times, alternating (so machine noise falls on both alike), and the ratio compares the fastest run
 of each: noise only ever adds time, so the fastest run is the best estimate of the work itself.
-The median of the paired ratios is printed too, as a check on the spread.
+The median of the paired ratios is printed too, as a check on the spread. On a small machine,
+`OMP_NUM_THREADS=1` gives steadier figures: two threads on two busy cores add noise of +-10 %.
 
-    python benchmarks/loop_overhead.py [--repeats 5] [--epochs 3] [--device auto]
+    python benchmarks/loop_overhead.py [--repeats 7] [--epochs 10] [--device auto]
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def one_pair(make_model, images, cfg, device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
