@@ -76,3 +76,22 @@ def require(condition: bool, what: str, *, expected=None, got=None, hint: str = 
     """Raise a CheckFailure unless `condition` holds."""
     if not condition:
         raise CheckFailure(what, expected=expected, got=got, hint=hint)
+
+
+def make_hint(table: dict[str, str]):
+    """Build an exercise's opt-in `hint(question)`: one nudge per question, never the answer's code.
+
+    Each checks module defines `hint = make_hint({"a": "...", "b": "...", ...})` keyed by the
+    question labels of its notebook, and the notebook offers a commented-out `# hint("a")` line
+    under each question, in Kaggle Learn's manner: the learner who is stuck asks for it.
+    """
+
+    def hint(question: str | None = None) -> None:
+        if question not in table:
+            known = ", ".join(repr(key) for key in table)
+            print(f"Ask for one of the questions: hint({known.split(', ')[0]}); the questions are {known}")
+            return
+        print(f"💡 ({question}) {table[question]}")
+
+    hint.questions = tuple(table)
+    return hint
