@@ -487,3 +487,21 @@ def test_cli_usage_errors_exit_2(arguments, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
     assert exit_info.value.code == 2
+
+
+def test_every_check_the_real_notebooks_call_is_imported_by_name():
+    """The fresh import can rebind a check only if the notebook imports it by name."""
+    from course_lib.instructor.grade import _CHECK_CALL, expected_checks
+    from course_lib.instructor.make_exercises import package_root, solution_notebooks
+
+    solutions = solution_notebooks(package_root())
+    if not solutions:
+        pytest.skip("solutions/ has no notebooks yet")
+    for path in solutions:
+        notebook = nbformat.read(path, as_version=4)
+        imports = check_imports(notebook)
+        for ident, source in expected_checks(notebook).items():
+            called = set(_CHECK_CALL.findall(source))
+            assert called, f"{path.name}: check cell {ident} calls no check_* function"
+            assert called <= set(imports), f"{path.name}: {ident} calls {called - set(imports)}"
+            assert all(imports[name][0].startswith("course_lib.checks.") for name in called)

@@ -14,8 +14,10 @@ markup differ from nbgrader's defaults, and nbgrader's own `ClearSolutions` hand
   detected in a non-solution cell".
 
 `ClearSolutionsWithInstructions` below does what the exercise generator does instead: it writes
-`raise NotImplementedError("<instruction>")` and removes the markdown explanations (dropping a cell
-left empty). To use it, put this in the course's `nbgrader_config.py`:
+`raise NotImplementedError("<instruction>")` and removes the markdown explanations. Unlike the
+exercise generator it keeps a markdown cell that was all explanation, empty: `nbgrader autograde`
+matches a submission's cells with the source notebook's, and a cell missing from the release would
+make it refuse a submission that has it (the solution notebook itself, for one). To use it, put this in the course's `nbgrader_config.py`:
 
     from course_lib.instructor.nbgrader_support import generate_assignment_preprocessors
     c = get_config()
@@ -35,14 +37,6 @@ from course_lib.instructor.make_exercises import stub_code, strip_markdown
 class ClearSolutionsWithInstructions(ClearSolutions):
     """nbgrader's ClearSolutions, writing the stubs `make exercises` writes."""
 
-    def preprocess(self, nb, resources):
-        nb, resources = super().preprocess(nb, resources)
-        # An explanation cell that was all answer is left empty: drop it, as make exercises does.
-        nb.cells = [
-            cell for cell in nb.cells if cell.cell_type != "markdown" or cell.source.strip()
-        ]
-        return nb, resources
-
     def preprocess_cell(self, cell, resources, cell_index):
         where = f"cell index {cell_index}"
         if cell.cell_type == "code":
@@ -56,5 +50,5 @@ def generate_assignment_preprocessors() -> list:
     """nbgrader's generate_assignment preprocessors with ClearSolutions replaced by ours."""
     return [
         ClearSolutionsWithInstructions if pre is ClearSolutions else pre
-        for pre in GenerateAssignment.preprocessors.default_value
+        for pre in GenerateAssignment.class_traits()["preprocessors"].default()
     ]
