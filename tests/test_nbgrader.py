@@ -28,8 +28,12 @@ from course_lib.instructor.make_exercises import (
 
 pytest.importorskip("nbgrader", reason="nbgrader is in the test extra: pip install -e '.[test]'")
 from nbgrader.api import Gradebook  # noqa: E402 - only once nbgrader is known to be there
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
 
-pytestmark = pytest.mark.notebooks
+from course_lib.instructor.nbgrader_support import (  # noqa: E402
+    ClearSolutionsWithInstructions,
+    generate_assignment_preprocessors,
+)
 
 ROOT = package_root()
 SOLUTIONS = solution_notebooks(ROOT)
@@ -104,6 +108,7 @@ def scores(course: Path, student: str) -> dict[str, tuple[float, float]]:
         }
 
 
+@pytest.mark.notebooks
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_release_holds_the_same_stubs_as_the_exercise(course, path):
     released = nbformat.read(course / "release" / ASSIGNMENT / path.name, as_version=4)
@@ -119,11 +124,13 @@ def test_release_holds_the_same_stubs_as_the_exercise(course, path):
     assert "raise NotImplementedError(\\\"" in text  # the learner's instructions survive
 
 
+@pytest.mark.notebooks
 def test_autograding_the_solutions_gives_full_marks(course):
     for notebook, (score, max_score) in scores(course, "solved").items():
         assert max_score > 0 and score == max_score, notebook
 
 
+@pytest.mark.notebooks
 def test_autograding_runs_the_hidden_tests(course):
     graded = nbformat.read(
         course / "autograded" / "solved" / ASSIGNMENT / SOLUTIONS[0].name, as_version=4
@@ -132,6 +139,27 @@ def test_autograding_runs_the_hidden_tests(course):
     assert HIDDEN_MARK in "".join(output.get("text", "") for output in first_check.outputs)
 
 
+@pytest.mark.notebooks
 def test_autograding_the_untouched_release_gives_zero(course):
     for notebook, (score, max_score) in scores(course, "untouched").items():
         assert max_score > 0 and score == 0, notebook
+
+
+def test_our_clear_solutions_keeps_instructions_and_nbgrader_rules():
+    def solution_meta():
+        return {"nbgrader": {"solution": True, "grade": False, "locked": False,
+                             "grade_id": "a", "schema_version": 3}}
+
+    notebook = new_notebook(cells=[
+        new_code_cell("def f():\n    ### BEGIN SOLUTION: return one\n    return 1\n"
+                      "    ### END SOLUTION", metadata=solution_meta()),
+        new_code_cell("x = 42", metadata=solution_meta()),  # a whole-cell answer, no markers
+        new_markdown_cell("Why:\n<!-- BEGIN SOLUTION -->\nbecause\n<!-- END SOLUTION -->"),
+    ])
+    cleared, _ = ClearSolutionsWithInstructions().preprocess(notebook, {})
+    assert [cell.source for cell in cleared.cells] == [
+        'def f():\n    raise NotImplementedError("return one")',
+        "# YOUR CODE HERE\nraise NotImplementedError()",
+        "Why:",
+    ]
+    assert ClearSolutionsWithInstructions in generate_assignment_preprocessors()

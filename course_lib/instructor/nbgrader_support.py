@@ -38,6 +38,9 @@ class ClearSolutionsWithInstructions(ClearSolutions):
     """nbgrader's ClearSolutions, writing the stubs `make exercises` writes."""
 
     def preprocess_cell(self, cell, resources, cell_index):
+        if self.begin_solution_delimeter not in cell.source:
+            # No region: nbgrader's own rule, which stubs a whole cell marked as a solution.
+            return super().preprocess_cell(cell, resources, cell_index)
         where = f"cell index {cell_index}"
         if cell.cell_type == "code":
             cell.source = stub_code(cell.source, where)
