@@ -13,7 +13,7 @@ import os
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_notebook
 
 from course_lib.instructor.grade import (
     KERNEL_ENV_PASSED_ON,
@@ -187,7 +187,7 @@ def rows(workspace):
     return {row["notebook"].rsplit("-", 1)[-1].removesuffix(".ipynb"): row for row in graded}
 
 
-# --- fresh checks: a real checks module (course_lib.checks._core underneath) -----------------------
+# --- fresh checks: a real checks module (course_lib.checks._core underneath) ----------------------
 
 DEMO_CHECKS = """\
 from course_lib.checks._core import call_learner, passed, require

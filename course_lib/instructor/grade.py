@@ -23,7 +23,9 @@ Decisions, and why:
   submission sits; the kernel's working folder is the submission's folder.
 - Integrity: a check cell whose source differs from the reference (whitespace aside) is run with
   the reference source, so an edited check cannot earn a pass, and the row is marked "modified"
-  naming the id. The reference source is the solution notebook's check cell when the exercise's
+  naming the id. Deleted, duplicated or reordered check cells, and a solution cell moved below
+  the check that tests it, also mark the row "modified"; a deleted check counts as failed.
+  The reference source is the solution notebook's check cell when the exercise's
   `generated_from` names one that exists (`solutions/` beside the reference folder), so its
   hidden tests (`### BEGIN HIDDEN TESTS` regions, which the exercise lacks) run too.
 - Fresh checks: before each check cell's reference source runs, the kernel forgets every
@@ -36,8 +38,7 @@ Decisions, and why:
   mistake or a casual shortcut cannot.
 - Environment: the kernel sees only PATH, HOME, LANG=C.UTF-8, a temporary folder of its own as
   TMPDIR, the repository root as PYTHONPATH, and the thread-count variables when the grader has
-  them, never the rest of the grader's environment (tokens, keys, passwords). Deleted, duplicated or reordered check cells, and a solution cell moved below the
-  check that tests it, also mark the row "modified"; a deleted check counts as failed.
+  them, never the rest of the grader's environment (tokens, keys, passwords).
 - Timeouts: a cell that runs past the limit is interrupted and counts as failed, the row is
   marked "timed out", and the rest of the notebook still runs, so one endless loop costs one
   exercise, not all the later ones. If the next cell times out too (the kernel ignored the
@@ -194,7 +195,8 @@ def sources_to_run(
         }
         visible = {ident: strip_hidden_tests(source, ident) for ident, source in full.items()}
     except Exception as error:  # noqa: BLE001 - fall back on the exercise's checks
-        return expected, f"hidden tests not run: cannot read {generated_from}: {error}".splitlines()[0]
+        note = f"hidden tests not run: cannot read {generated_from}: {error}"
+        return expected, note.splitlines()[0]
     out_of_step = [
         ident for ident in expected
         if ident not in full or _normalized(visible[ident]) != _normalized(expected[ident])
@@ -564,7 +566,9 @@ def write_csv(rows: list[dict], path) -> None:
             worth.setdefault(ident, points)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["notebook", "status", "passed", "total", "points", "max_points", *check_ids])
+        writer.writerow(
+            ["notebook", "status", "passed", "total", "points", "max_points", *check_ids]
+        )
         writer.writerow([
             "(points possible)", "", "", len(check_ids), "", sum(worth.values()),
             *[worth.get(ident, "") for ident in check_ids],

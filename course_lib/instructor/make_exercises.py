@@ -3,9 +3,9 @@
 `solutions/NN_name.ipynb` is the only notebook an instructor edits. This module writes
 `exercises/NN_name.ipynb` from it, so the two can never drift apart:
 
-    python -m course_lib.instructor.make_exercises          # (re)write exercises/ from solutions/
-    python -m course_lib.instructor.make_exercises --check  # write nothing; exit 1 if anything is stale
-    python -m course_lib.instructor.make_exercises --root DIR  # another checkout than this file's
+    python -m course_lib.instructor.make_exercises             # (re)write exercises/
+    python -m course_lib.instructor.make_exercises --check     # write nothing; exit 1 if stale
+    python -m course_lib.instructor.make_exercises --root DIR  # another checkout
 
 How a solution notebook is marked up:
 
@@ -40,9 +40,9 @@ locked (read-only, and restored by `nbgrader autograde`). The exercises carry no
 What the generator guarantees: every output and execution count is cleared (outputs of a solved
 notebook would show the answers); the solution cells' ids are kept; the output depends only on
 the solution notebook, so regenerating an unchanged notebook gives a byte-identical file and
-`--check` can compare files exactly (the solution notebooks' nbgrader metadata too). Unbalanced or misspelled markers and missing or repeated
-ids stop the generator with an error naming the notebook and the cell: a marker typo must never
-ship an answer to learners.
+`--check` can compare files exactly (the solution notebooks' nbgrader metadata too). Unbalanced
+or misspelled markers and missing or repeated ids stop the generator with an error naming the
+notebook and the cell: a marker typo must never ship an answer to learners.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def strip_hidden_tests(source: str, where: str) -> str:
         elif _HIDDEN_END.match(line):
             if begin_line is None:
                 raise ExerciseSourceError(
-                    f"{where}: END HIDDEN TESTS on line {number} has no BEGIN HIDDEN TESTS before it"
+                    f"{where}: END HIDDEN TESTS on line {number} has no BEGIN HIDDEN TESTS "
+                    "before it"
                 )
             begin_line = None
         elif _HIDDEN_MARKER_LIKE.match(line):
@@ -284,7 +285,8 @@ def check_points(cell: NotebookNode, where: str = "cell") -> int:
 def nbgrader_metadata(cell: NotebookNode, where: str) -> dict:
     """nbgrader's metadata for one cell of a solution notebook, derived from our markup."""
     if is_check_cell(cell):
-        role = {"grade": True, "solution": False, "locked": True, "points": check_points(cell, where)}
+        points = check_points(cell, where)
+        role = {"grade": True, "solution": False, "locked": True, "points": points}
         grade_id = exercise_id(cell)
     elif has_solution_region(cell):
         role = {"grade": False, "solution": True, "locked": False}

@@ -17,11 +17,13 @@ markup differ from nbgrader's defaults, and nbgrader's own `ClearSolutions` hand
 `raise NotImplementedError("<instruction>")` and removes the markdown explanations. Unlike the
 exercise generator it keeps a markdown cell that was all explanation, empty: `nbgrader autograde`
 matches a submission's cells with the source notebook's, and a cell missing from the release would
-make it refuse a submission that has it (the solution notebook itself, for one). To use it, put this in the course's `nbgrader_config.py`:
+make it refuse a submission that has it (the solution notebook itself, for one). To use it, put
+this in the course's `nbgrader_config.py`:
 
     from course_lib.instructor.nbgrader_support import generate_assignment_preprocessors
     c = get_config()
     c.GenerateAssignment.preprocessors = generate_assignment_preprocessors()
+    c.Execute.timeout = 300  # nbgrader's default, 30 s a cell, is short for a training run
 
 Hidden tests (`### BEGIN HIDDEN TESTS`) need nothing: they are nbgrader's own convention.
 """
