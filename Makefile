@@ -76,13 +76,13 @@ test-fast: $(INSTALLED)
 	$(PY) -m pytest tests -m "not notebooks and not browser" --timeout=60 $(PYTEST_ARGS)
 
 exercises: $(INSTALLED)
-	$(PY) -m course_lib.make_exercises
+	$(PY) -m course_lib.instructor.make_exercises
 
 # The committed notebooks carry their outputs, so they read well on a code-hosting site.
 outputs: $(INSTALLED)
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=300 notebooks/*.ipynb solutions/*.ipynb
-	$(PY) -m course_lib.make_exercises
+	$(PY) -m course_lib.instructor.make_exercises
 
 screenshots: $(INSTALLED)
 	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_browser.py -m browser -q

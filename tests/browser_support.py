@@ -152,7 +152,7 @@ def prepare_server_root(server_root: Path) -> None:
         if (ROOT / folder).is_dir():
             shutil.copytree(ROOT / folder, server_root / folder,
                             ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-    from course_lib.make_exercises import make_exercise
+    from course_lib.instructor.make_exercises import make_exercise
 
     solution = nbformat.read(FIXTURES / "browser_exercise_solution.ipynb", as_version=4)
     exercise = make_exercise(solution, "tests/fixtures/browser_exercise_solution.ipynb")

@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
+import os
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_notebook
 
-from course_lib.grade import (
+from course_lib.instructor.grade import (
+    KERNEL_ENV_PASSED_ON,
+    check_imports,
     find_modifications,
     find_reference,
     format_table,
     grade,
     grade_notebook,
     main,
+    sources_to_run,
+    with_fresh_checks,
     write_csv,
 )
+from course_lib.instructor.make_exercises import make_exercise
 
 # Check cells in the style of course_lib.checks, with a stand-in CheckFailure defined in a lesson
 # cell: importing course_lib in a kernel also imports torch, seconds per kernel. Like the real one,
@@ -48,6 +55,20 @@ passed("halve(8) == 4")"""
 
 DOUBLE = "def double(x):\n    return 2 * x"
 HALVE = "def halve(x):\n    return x / 2"
+# Passes the visible check (8 // 2 == 4) but not the hidden one (3 // 2 != 1.5).
+FLOOR_HALVE = "def halve(x):\n    return x // 2"
+HIDDEN_HALVE = """\
+### BEGIN HIDDEN TESTS
+got = halve(3)
+if got != 1.5:
+    raise CheckFailure(f"halve(3): expected 1.5, got {got}")
+### END HIDDEN TESTS"""
+SECRET = "GRADER_TEST_SECRET_TOKEN"
+ENV_PROBE = (
+    "import json, os\n"
+    "with open('env-probe.json', 'w') as handle:\n"
+    "    json.dump(dict(os.environ), handle)"
+)
 
 
 def reference_exercise():
@@ -69,6 +90,23 @@ def reference_exercise():
         ],
         metadata={"exercise": {"generated_from": "solutions/01_demo.ipynb"}},
     )
+
+
+def reference_solution():
+    """The solution notebook behind reference_exercise(): check-halve has hidden tests, 2 points."""
+    notebook = reference_exercise()
+    notebook.cells[1].source = DOUBLE
+    notebook.cells[3].source = HALVE
+    notebook.cells[4].source = CHECK_HALVE + "\n" + HIDDEN_HALVE
+    notebook.cells[4].metadata["exercise"]["points"] = 2
+    notebook.metadata = {}
+    return notebook
+
+
+def reference_exercise_with_points():
+    notebook = reference_exercise()
+    notebook.cells[4].metadata["exercise"]["points"] = 2
+    return notebook
 
 
 def submission(double=DOUBLE, halve=HALVE):
@@ -102,10 +140,17 @@ def with_check_edited():
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("grading")
     (root / "exercises").mkdir()
-    nbformat.write(reference_exercise(), root / "exercises" / "01_demo.ipynb")
+    (root / "solutions").mkdir()
+    nbformat.write(reference_exercise_with_points(), root / "exercises" / "01_demo.ipynb")
+    nbformat.write(reference_solution(), root / "solutions" / "01_demo.ipynb")
+    nbformat.write(guard_exercise(), root / "exercises" / "02_guard.ipynb")
+    env_probe = submission()
+    env_probe.cells.append(new_code_cell(ENV_PROBE))
     submissions = {
         "passing": submission(),
         "failing": submission(halve="def halve(x):\n    return x"),
+        "floor": submission(halve=FLOOR_HALVE),
+        "env_probe": env_probe,
         "endless": submission(double="while True:\n    pass"),
         "deleted": with_check_deleted(),
         "reordered": with_checks_swapped(),
@@ -116,6 +161,10 @@ def workspace(tmp_path_factory):
     for name, notebook in submissions.items():
         nbformat.write(notebook, root / "submissions" / f"01_demo-{name}.ipynb")
     (root / "submissions" / "01_demo-not_json.ipynb").write_text("{ not json", encoding="utf-8")
+    # The guard exercise's checks module sits beside the submissions (the kernel's working folder).
+    (root / "submissions" / "demo_checks.py").write_text(DEMO_CHECKS, encoding="utf-8")
+    for name, notebook in guard_submissions().items():
+        nbformat.write(notebook, root / "submissions" / f"02_guard-{name}.ipynb")
     return root
 
 
@@ -124,11 +173,109 @@ def rows(workspace):
     """Grade every fixture once; the endless loop gets a short limit."""
     reference = workspace / "exercises"
     folder = workspace / "submissions"
-    names = ["passing", "failing", "deleted", "reordered", "edited", "kills_kernel", "not_json"]
+    names = [
+        "passing", "failing", "floor", "env_probe", "deleted", "reordered", "edited",
+        "kills_kernel", "not_json",
+    ]
     paths = [folder / f"01_demo-{name}.ipynb" for name in names]
-    graded = grade(paths, reference=reference, timeout=30)
+    paths += [folder / f"02_guard-{name}.ipynb" for name in guard_submissions()]
+    # The grader's own environment holds a secret that no submission may read.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SECRET, "hunter2")
+        graded = grade(paths, reference=reference, timeout=60)
     graded.append(grade_notebook(folder / "01_demo-endless.ipynb", reference=reference, timeout=2))
     return {row["notebook"].rsplit("-", 1)[-1].removesuffix(".ipynb"): row for row in graded}
+
+
+# --- fresh checks: a real checks module (course_lib.checks._core underneath) ----------------------
+
+DEMO_CHECKS = """\
+from course_lib.checks._core import call_learner, passed, require
+
+
+def check_double(double):
+    got = call_learner(double, 3)
+    require(got == 6, "double(3) is wrong", expected=6, got=got, hint="multiply by two")
+    passed("double(3) == 6")
+"""
+WRONG_DOUBLE = "def double(x):\n    return x + 2"
+
+
+def guard_exercise():
+    return new_notebook(
+        cells=[
+            new_code_cell("from demo_checks import check_double"),
+            new_code_cell(
+                'def double(x):\n    raise NotImplementedError("return twice x")',
+                metadata={"exercise": {"id": "ex-double"}},
+            ),
+            new_code_cell(
+                "check_double(double)",
+                metadata={"exercise": {"id": "check-double"}, "tags": ["check"]},
+            ),
+        ],
+    )
+
+
+def guard_submissions():
+    """A right answer, then a wrong one with each way of silencing the check."""
+
+    def learner(double, trick=None):
+        notebook = guard_exercise()
+        notebook.cells[1].source = double
+        if trick:
+            notebook.cells.insert(2, new_code_cell(trick))
+        return notebook
+
+    return {
+        "right": learner(DOUBLE),
+        "rebound": learner(WRONG_DOUBLE, "check_double = lambda *args, **kwargs: print('✓')"),
+        # Each trick also rebinds the name, so that it would win against a grader that merely
+        # re-imports (module_patched) or that refreshes the check's module but not _core.
+        "module_patched": learner(
+            WRONG_DOUBLE,
+            "import demo_checks as m\n"
+            "m.check_double = lambda *args, **kwargs: None\n"
+            "from demo_checks import check_double",
+        ),
+        "core_patched": learner(
+            WRONG_DOUBLE,
+            "import sys\n"
+            "import course_lib.checks._core as core\n"
+            "core.require = lambda *args, **kwargs: None\n"
+            "core.call_learner = lambda fn, *args, **kwargs: 6\n"
+            "sys.modules.pop('demo_checks')\n"
+            "from demo_checks import check_double",
+        ),
+    }
+
+
+@pytest.mark.notebooks
+def test_fresh_checks_pass_a_right_answer(rows):
+    assert summary(rows["right"]) == ("ok", 1, 1, {"check-double": True})
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("trick", ["rebound", "module_patched", "core_patched"])
+def test_silencing_the_check_earns_nothing(rows, trick):
+    assert summary(rows[trick]) == ("ok", 0, 1, {"check-double": False})
+    assert rows[trick]["points"] == 0
+
+
+def test_fresh_check_source_rebinds_only_the_names_the_cell_calls():
+    imports = check_imports(new_notebook(cells=[
+        new_code_cell("from course_lib.checks.ex99 import (check_a, check_b as b_check,\n hint)"),
+        new_code_cell("%matplotlib inline"),  # not Python: skipped, not an error
+    ]))
+    assert imports == {
+        "check_a": ("course_lib.checks.ex99", "check_a"),
+        "b_check": ("course_lib.checks.ex99", "check_b"),
+    }
+    source = with_fresh_checks("check_a(f)\ncheck_other(g)", imports)
+    assert source.endswith("\nfrom course_lib.checks.ex99 import check_a as check_a\ncheck_a(f)"
+                           "\ncheck_other(g)")
+    assert "'course_lib.checks.'" in source and "'course_lib.checks.ex99.'" in source
+    assert with_fresh_checks("print(1)", imports) == "print(1)"  # nothing to rebind
 
 
 def summary(row):
@@ -138,13 +285,37 @@ def summary(row):
 @pytest.mark.notebooks
 def test_passing_submission(rows):
     assert summary(rows["passing"]) == ("ok", 2, 2, {"check-double": True, "check-halve": True})
+    assert (rows["passing"]["points"], rows["passing"]["max_points"]) == (3, 3)
     assert rows["passing"]["note"] == ""
 
 
 @pytest.mark.notebooks
 def test_failing_submission_is_ok_with_the_failed_check_named(rows):
     assert summary(rows["failing"]) == ("ok", 1, 2, {"check-double": True, "check-halve": False})
+    assert (rows["failing"]["points"], rows["failing"]["max_points"]) == (1, 3)
     assert rows["failing"]["note"] == "failed: check-halve"
+
+
+@pytest.mark.notebooks
+def test_hidden_tests_of_the_solution_run(rows):
+    # floor division passes the visible check (halve(8)) and fails the hidden one (halve(3)).
+    assert summary(rows["floor"]) == ("ok", 1, 2, {"check-double": True, "check-halve": False})
+
+
+@pytest.mark.notebooks
+def test_kernel_sees_only_the_scrubbed_environment(rows, workspace):
+    assert rows["env_probe"]["status"] == "ok"
+    seen = json.loads((workspace / "submissions" / "env-probe.json").read_text(encoding="utf-8"))
+    assert SECRET not in seen
+    assert "hunter2" not in json.dumps(seen)
+    assert {"PATH", "HOME", "TMPDIR", "PYTHONPATH", "LANG"} <= set(seen)
+    # Beyond what the grader passes on, the kernel holds only what jupyter_client and ipykernel
+    # set themselves (JPY_PARENT_PID, MPLBACKEND, PAGER, ...), never a value of the grader's own.
+    allowed = {*KERNEL_ENV_PASSED_ON, "TMPDIR", "PYTHONPATH", "LANG"}
+    leaked = {name for name in seen if name not in allowed and os.environ.get(name) == seen[name]}
+    assert not leaked
+    assert seen["TMPDIR"] != os.environ.get("TMPDIR") and "grade-" in seen["TMPDIR"]
+    assert not os.path.exists(seen["TMPDIR"])  # removed after grading
 
 
 @pytest.mark.notebooks
@@ -238,23 +409,51 @@ def test_duplicated_check_is_a_modification():
 
 
 def test_table_and_csv_from_rows(tmp_path):
+    worth = {"c1": 1, "c2": 3}
     rows = [
-        {"notebook": "a.ipynb", "status": "ok", "passed": 2, "total": 2,
-         "checks": {"c1": True, "c2": True}, "note": ""},
-        {"notebook": "bob/a.ipynb", "status": "modified", "passed": 0, "total": 2,
-         "checks": {"c1": False, "c2": False}, "note": "check c2 deleted"},
+        {"notebook": "a.ipynb", "status": "ok", "passed": 2, "total": 2, "points": 4,
+         "max_points": 4, "checks": {"c1": True, "c2": True}, "check_points": worth, "note": ""},
+        {"notebook": "bob/a.ipynb", "status": "modified", "passed": 1, "total": 2, "points": 1,
+         "max_points": 4, "checks": {"c1": True, "c2": False}, "check_points": worth,
+         "note": "check c2 deleted"},
     ]
     table = format_table(rows).splitlines()
-    assert table[0].split() == ["notebook", "status", "passed", "note"]
-    assert table[-1].split()[:4] == ["TOTAL", "1/2", "ok", "2/4"]
+    assert table[0].split() == ["notebook", "status", "passed", "points", "note"]
+    assert table[-1].split()[:5] == ["TOTAL", "1/2", "ok", "3/4", "5/8"]
     assert table[1].index("ok") == table[2].index("modified")  # columns line up
+    assert table[1].index("4/4") == table[2].index("1/4")
     write_csv(rows, tmp_path / "grades.csv")
     with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as handle:
         assert list(csv.reader(handle)) == [
-            ["notebook", "status", "passed", "total", "c1", "c2"],
-            ["a.ipynb", "ok", "2", "2", "1", "1"],
-            ["bob/a.ipynb", "modified", "0", "2", "0", "0"],
+            ["notebook", "status", "passed", "total", "points", "max_points", "c1", "c2"],
+            ["(points possible)", "", "", "2", "", "4", "1", "3"],
+            ["a.ipynb", "ok", "2", "2", "4", "4", "1", "3"],
+            ["bob/a.ipynb", "modified", "1", "2", "1", "4", "1", "0"],
         ]
+
+
+def test_solution_sources_with_hidden_tests_are_used_when_in_step(tmp_path):
+    (tmp_path / "exercises").mkdir()
+    (tmp_path / "solutions").mkdir()
+    exercise_path = tmp_path / "exercises" / "01_demo.ipynb"
+    nbformat.write(reference_exercise(), exercise_path)
+    reference = nbformat.read(exercise_path, as_version=4)
+    assert sources_to_run(reference, exercise_path) == ({
+        "check-double": CHECK_DOUBLE, "check-halve": CHECK_HALVE}, None)  # no solution yet
+    nbformat.write(reference_solution(), tmp_path / "solutions" / "01_demo.ipynb")
+    sources, note = sources_to_run(reference, exercise_path)
+    assert note is None and sources["check-halve"].endswith(HIDDEN_HALVE)
+    # The generator writes the same visible check as the reference holds.
+    generated = make_exercise(reference_solution(), "solutions/01_demo.ipynb")
+    assert [c.source for c in generated.cells if "check" in c.metadata.get("tags", [])] == [
+        CHECK_DOUBLE, CHECK_HALVE]
+    stale = reference_solution()
+    stale.cells[2].source = "print('a newer check')"
+    nbformat.write(stale, tmp_path / "solutions" / "01_demo.ipynb")
+    sources, note = sources_to_run(reference, exercise_path)
+    assert sources["check-halve"] == CHECK_HALVE
+    assert note == ("hidden tests not run: solutions/01_demo.ipynb differs from the exercise at "
+                    "check-double (regenerate the exercises)")
 
 
 @pytest.mark.notebooks
@@ -267,12 +466,16 @@ def test_cli_prints_total_and_writes_csv(workspace, tmp_path, capsys):
     ])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].split()[:4] == ["TOTAL", "1/2", "ok", "1/4"]
+    assert out[-1].split()[:5] == ["TOTAL", "1/2", "ok", "1/4", "1/6"]
     with open(gradebook, newline="", encoding="utf-8") as handle:
         lines = list(csv.reader(handle))
-    assert lines[0] == ["notebook", "status", "passed", "total", "check-double", "check-halve"]
-    assert lines[1][1:] == ["ok", "1", "2", "1", "0"]
-    assert lines[2][1:] == ["not a notebook", "0", "2", "0", "0"]
+    assert lines[0] == [
+        "notebook", "status", "passed", "total", "points", "max_points", "check-double",
+        "check-halve",
+    ]
+    assert lines[1][3:] == ["2", "", "3", "1", "2"]
+    assert lines[2][1:] == ["ok", "1", "2", "1", "3", "1", "0"]
+    assert lines[3][1:] == ["not a notebook", "0", "2", "0", "3", "0", "0"]
 
 
 @pytest.mark.parametrize(
@@ -284,3 +487,21 @@ def test_cli_usage_errors_exit_2(arguments, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
     assert exit_info.value.code == 2
+
+
+def test_every_check_the_real_notebooks_call_is_imported_by_name():
+    """The fresh import can rebind a check only if the notebook imports it by name."""
+    from course_lib.instructor.grade import _CHECK_CALL, expected_checks
+    from course_lib.instructor.make_exercises import package_root, solution_notebooks
+
+    solutions = solution_notebooks(package_root())
+    if not solutions:
+        pytest.skip("solutions/ has no notebooks yet")
+    for path in solutions:
+        notebook = nbformat.read(path, as_version=4)
+        imports = check_imports(notebook)
+        for ident, source in expected_checks(notebook).items():
+            called = set(_CHECK_CALL.findall(source))
+            assert called, f"{path.name}: check cell {ident} calls no check_* function"
+            assert called <= set(imports), f"{path.name}: {ident} calls {called - set(imports)}"
+            assert all(imports[name][0].startswith("course_lib.checks.") for name in called)

@@ -8,13 +8,15 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib.make_exercises import (
+from course_lib.instructor.make_exercises import (
     ExerciseSourceError,
+    annotate_for_nbgrader,
     exercise_id,
     main,
     make_exercise,
     package_root,
     render_exercise,
+    render_solution,
     solution_notebooks,
     stale_exercises,
     write_exercises,
@@ -197,24 +199,124 @@ def test_repeated_id_fails_naming_both_cells():
 
 def test_check_mode_reports_missing_then_stale_then_nothing(tmp_path, capsys):
     (tmp_path / "solutions").mkdir()
-    nbformat.write(demo_solution(), tmp_path / "solutions" / "01_demo.ipynb")
-    assert stale_exercises(tmp_path) == ["exercises/01_demo.ipynb is missing"]
+    solution_path = tmp_path / "solutions" / "01_demo.ipynb"
+    nbformat.write(demo_solution(), solution_path)
+    assert stale_exercises(tmp_path) == [
+        "solutions/01_demo.ipynb is out of date (nbgrader metadata)",
+        "exercises/01_demo.ipynb is missing",
+    ]
     assert main(["--root", str(tmp_path), "--check"]) == 1
     assert not (tmp_path / "exercises").exists()  # --check writes nothing
+    assert "nbgrader" not in solution_path.read_text(encoding="utf-8")
 
     assert main(["--root", str(tmp_path)]) == 0
     written = (tmp_path / "exercises" / "01_demo.ipynb").read_bytes()
-    assert written == render_exercise(tmp_path / "solutions" / "01_demo.ipynb", tmp_path).encode()
+    assert written == render_exercise(solution_path, tmp_path).encode()
+    assert solution_path.read_bytes() == render_solution(solution_path, tmp_path).encode()
     assert main(["--root", str(tmp_path), "--check"]) == 0
     assert write_exercises(tmp_path) == []  # unchanged files are not rewritten
 
-    edited = demo_solution()
+    edited = nbformat.read(solution_path, as_version=4)
     edited.cells[0].source = "# Demo, revised"
-    nbformat.write(edited, tmp_path / "solutions" / "01_demo.ipynb")
-    assert stale_exercises(tmp_path) == ["exercises/01_demo.ipynb is out of date"]
+    nbformat.write(edited, solution_path)
+    assert stale_exercises(tmp_path) == ["exercises/01_demo.ipynb is out of date (content)"]
     capsys.readouterr()
     assert main(["--root", str(tmp_path), "--check"]) == 1
     assert "exercises/01_demo.ipynb is out of date" in capsys.readouterr().out
+
+    # A check cell given more points leaves stale nbgrader metadata in its solution.
+    edited.cells[2].metadata["exercise"]["points"] = 3
+    nbformat.write(edited, solution_path)
+    assert "solutions/01_demo.ipynb is out of date (nbgrader metadata)" in stale_exercises(tmp_path)
+    assert main(["--root", str(tmp_path)]) == 0
+    regenerated = nbformat.read(solution_path, as_version=4)
+    assert regenerated.cells[2].metadata["nbgrader"]["points"] == 3
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+
+
+# --- hidden tests -------------------------------------------------------------------------------
+
+HIDDEN = "### BEGIN HIDDEN TESTS\ncheck_double(double, x=-7)\n### END HIDDEN TESTS"
+
+
+def test_hidden_tests_are_removed_from_the_exercise_only():
+    solution = demo_solution()
+    solution.cells[2].source = "check_double(double)\n" + HIDDEN
+    exercise = make_exercise(solution, SOURCE)
+    assert exercise_code(exercise, "ex01-double-check") == "check_double(double)"
+    assert solution.cells[2].source.endswith(HIDDEN)  # the input is untouched
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("check_a()\n### BEGIN HIDDEN TESTS\ncheck_a(1)", "no ### END HIDDEN TESTS"),
+        ("check_a()\n### END HIDDEN TESTS", "has no BEGIN HIDDEN TESTS"),
+        ("# BEGIN HIDDEN TEST\ncheck_a(1)\n# END HIDDEN TEST", "not spelled as one"),
+    ],
+    ids=["begin-without-end", "end-alone", "misspelled"],
+)
+def test_unbalanced_hidden_test_markers_fail(source, message):
+    solution = new_notebook(cells=[check_cell(source, "a")])
+    with pytest.raises(ExerciseSourceError, match=message):
+        make_exercise(solution, SOURCE)
+
+
+def test_hidden_tests_outside_a_check_cell_fail():
+    solution = new_notebook(cells=[solution_cell("x = 1\n" + HIDDEN, "a")])
+    with pytest.raises(ExerciseSourceError, match="hidden tests belong in a check cell"):
+        make_exercise(solution, SOURCE)
+
+
+# --- nbgrader metadata ----------------------------------------------------------------------------
+
+
+def test_nbgrader_metadata_follows_the_markup():
+    solution = demo_solution()
+    solution.cells[2].metadata["exercise"]["points"] = 2
+    annotated = annotate_for_nbgrader(solution, SOURCE)
+    meta = [cell.metadata["nbgrader"] for cell in annotated.cells]
+    common = {"schema_version": 3}
+    assert meta[1] == {**common, "grade": False, "solution": True, "locked": False,
+                       "grade_id": "ex01-double"}
+    assert meta[2] == {**common, "grade": True, "solution": False, "locked": True, "points": 2,
+                       "grade_id": "ex01-double-check"}
+    for index in (0, 3, 4):  # lesson cells, markdown explanations included: read-only
+        assert meta[index] == {**common, "grade": False, "solution": False, "locked": True,
+                               "grade_id": solution.cells[index].id}
+    assert "nbgrader" not in solution.cells[0].metadata  # the input is untouched
+    assert all("nbgrader" not in cell.metadata for cell in make_exercise(annotated, SOURCE).cells)
+
+
+def test_nbgrader_annotation_is_idempotent_and_changes_nothing_else():
+    once = annotate_for_nbgrader(demo_solution(), SOURCE)
+    twice = annotate_for_nbgrader(once, SOURCE)
+    assert nbformat.writes(once) == nbformat.writes(twice)
+    for cell in once.cells:
+        del cell.metadata["nbgrader"]
+    assert nbformat.writes(once) == nbformat.writes(demo_solution_with_same_ids(once))
+
+
+def demo_solution_with_same_ids(reference):
+    solution = demo_solution()
+    for cell, same in zip(solution.cells, reference.cells):
+        cell.id = same.id
+    return solution
+
+
+@pytest.mark.parametrize("points", [-1, 1.5, "2", True])
+def test_bad_points_fail_naming_the_cell(points):
+    solution = demo_solution()
+    solution.cells[2].metadata["exercise"]["points"] = points
+    with pytest.raises(ExerciseSourceError, match=r"cell index 2 .*exercise.points must be"):
+        annotate_for_nbgrader(solution, SOURCE)
+
+
+def test_ids_nbgrader_cannot_take_fail():
+    solution = demo_solution()
+    solution.cells[2].metadata["exercise"]["id"] = "check double"
+    with pytest.raises(ExerciseSourceError, match="cannot be an nbgrader grade id"):
+        annotate_for_nbgrader(solution, SOURCE)
 
 
 def test_bad_solution_notebook_exits_1_with_the_error(tmp_path, capsys):
@@ -231,4 +333,6 @@ def test_exercises_are_up_to_date():
     if not solution_notebooks(root):
         pytest.skip("solutions/ has no notebooks yet, so there are no exercises to compare")
     stale = stale_exercises(root)
-    assert not stale, "regenerate with `python -m course_lib.make_exercises`:\n" + "\n".join(stale)
+    assert not stale, (
+        "regenerate with `python -m course_lib.instructor.make_exercises`:\n" + "\n".join(stale)
+    )

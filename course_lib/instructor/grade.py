@@ -1,13 +1,14 @@
 """Grade learners' exercise notebooks by running their check cells (for instructors).
 
-    python -m course_lib.grade submissions/*.ipynb
-    python -m course_lib.grade submissions/ --csv gradebook.csv --timeout 30
-    python -m course_lib.grade alice.ipynb --reference path/to/exercises
+    python -m course_lib.instructor.grade submissions/*.ipynb
+    python -m course_lib.instructor.grade submissions/ --csv gradebook.csv --timeout 30
+    python -m course_lib.instructor.grade alice.ipynb --reference path/to/exercises
 
 Each submission runs top to bottom in a fresh kernel, errors allowed, so every cell runs. A check
-passes when its cell ran and produced no error. The checks expected are those of the reference
-exercise notebook (`exercises/` next to this package by default), matched by the ids that
-`course_lib.make_exercises` keeps in cell metadata (`"exercise": {"id": ...}`).
+passes when its cell ran and produced no error, and earns its points (`"exercise": {"points": 2}`
+in the check cell's metadata; 1 when absent). The checks expected are those of the reference
+exercise notebook (`exercises/` in the repository by default), matched by the ids that
+`course_lib.instructor.make_exercises` keeps in cell metadata (`"exercise": {"id": ...}`).
 
 The reference for a submission is found by, in order: the `exercise.generated_from` entry of the
 submission's metadata, the file name, and the longest reference name the file name starts with
@@ -22,8 +23,22 @@ Decisions, and why:
   submission sits; the kernel's working folder is the submission's folder.
 - Integrity: a check cell whose source differs from the reference (whitespace aside) is run with
   the reference source, so an edited check cannot earn a pass, and the row is marked "modified"
-  naming the id. Deleted, duplicated or reordered check cells, and a solution cell moved below the
-  check that tests it, also mark the row "modified"; a deleted check counts as failed.
+  naming the id. Deleted, duplicated or reordered check cells, and a solution cell moved below
+  the check that tests it, also mark the row "modified"; a deleted check counts as failed.
+  The reference source is the solution notebook's check cell when the exercise's
+  `generated_from` names one that exists (`solutions/` beside the reference folder), so its
+  hidden tests (`### BEGIN HIDDEN TESTS` regions, which the exercise lacks) run too.
+- Fresh checks: before each check cell's reference source runs, the kernel forgets every
+  `course_lib.checks` module (and any other module the reference imports `check_*` names from)
+  and imports them again, and the check names that cell calls are bound anew from the fresh
+  modules, as the reference notebook's import line names them. So a learner who rebinds
+  `check_x`, patches `course_lib.checks.exNN.check_x` or `course_lib.checks._core.require` earns
+  nothing by it. Not defended: patching what the checks themselves use (torch, numpy, the rest of
+  `course_lib`, builtins, the import system). A determined cheat can still win; an honest
+  mistake or a casual shortcut cannot.
+- Environment: the kernel sees only PATH, HOME, LANG=C.UTF-8, a temporary folder of its own as
+  TMPDIR, the repository root as PYTHONPATH, and the thread-count variables when the grader has
+  them, never the rest of the grader's environment (tokens, keys, passwords).
 - Timeouts: a cell that runs past the limit is interrupted and counts as failed, the row is
   marked "timed out", and the rest of the notebook still runs, so one endless loop costs one
   exercise, not all the later ones. If the next cell times out too (the kernel ignored the
@@ -38,12 +53,15 @@ Exit status: 0 when every notebook was graded (whatever the grades), 2 on a usag
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import csv
 import logging
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,10 +72,18 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from traitlets import default
 
-from course_lib.make_exercises import exercise_id, is_check_cell, package_root
+from course_lib.instructor.make_exercises import (
+    check_points,
+    exercise_id,
+    is_check_cell,
+    package_root,
+    strip_hidden_tests,
+)
 
 STATUS_ORDER = ("not a notebook", "crashed", "timed out", "modified", "ok")
 _TIMEOUT_ENAME = "GraderTimeout"
+CHECKS_PACKAGE = "course_lib.checks"
+_CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
 
 
 class _CurrentPythonKernelManager(AsyncKernelManager):
@@ -131,6 +157,95 @@ def _normalized(source: str) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
 
 
+def check_points_of(reference: nbformat.NotebookNode) -> dict[str, int]:
+    """Check id -> what the check is worth (1 when its metadata names no points)."""
+    points = {}
+    for cell in reference.cells:
+        if is_check_cell(cell) and exercise_id(cell):
+            try:
+                points[exercise_id(cell)] = check_points(cell)
+            except ValueError:
+                points[exercise_id(cell)] = 1
+    return points
+
+
+def sources_to_run(
+    reference: nbformat.NotebookNode, reference_path: Path
+) -> tuple[dict[str, str], str | None]:
+    """Check id -> the source the grader runs, and a note when the solution could not be used.
+
+    That is the solution notebook's check cell, hidden tests included, when the reference names
+    its solution (`exercise.generated_from`) and the solution's cell, hidden tests removed, is the
+    exercise's; otherwise the exercise's own check cell.
+    """
+    expected = expected_checks(reference)
+    info = reference.metadata.get("exercise", {})
+    generated_from = info.get("generated_from") if isinstance(info, dict) else None
+    if not isinstance(generated_from, str) or not generated_from:
+        return expected, None
+    solution_path = reference_path.resolve().parent.parent / generated_from
+    if not solution_path.is_file():
+        return expected, None
+    try:
+        solution = _read_notebook(solution_path)
+        full = {
+            exercise_id(cell): cell.source
+            for cell in solution.cells
+            if is_check_cell(cell) and exercise_id(cell) in expected
+        }
+        visible = {ident: strip_hidden_tests(source, ident) for ident, source in full.items()}
+    except Exception as error:  # noqa: BLE001 - fall back on the exercise's checks
+        note = f"hidden tests not run: cannot read {generated_from}: {error}"
+        return expected, note.splitlines()[0]
+    out_of_step = [
+        ident for ident in expected
+        if ident not in full or _normalized(visible[ident]) != _normalized(expected[ident])
+    ]
+    if out_of_step:
+        return expected, (
+            f"hidden tests not run: {generated_from} differs from the exercise at "
+            + ", ".join(out_of_step) + " (regenerate the exercises)"
+        )
+    return {ident: full[ident] for ident in expected}, None
+
+
+def check_imports(reference: nbformat.NotebookNode) -> dict[str, tuple[str, str]]:
+    """Name bound in the notebook -> (module, name in it), for every `from M import check_*`."""
+    imports = {}
+    for cell in reference.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:  # a cell with IPython magics: it holds no import of checks
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    if alias.name.startswith("check_"):
+                        imports[alias.asname or alias.name] = (node.module, alias.name)
+    return imports
+
+
+def with_fresh_checks(source: str, imports: dict[str, tuple[str, str]]) -> str:
+    """`source` preceded by lines that re-import, from fresh modules, the check names it calls."""
+    called = sorted(set(_CHECK_CALL.findall(source)) & set(imports))
+    if not called:
+        return source
+    modules = sorted({imports[name][0] for name in called} | {CHECKS_PACKAGE})
+    prefixes = tuple(module + "." for module in modules)
+    lines = [
+        "import sys as _grader_sys",
+        "[_grader_sys.modules.pop(_name) for _name in list(_grader_sys.modules)",
+        f" if _name in {tuple(modules)!r} or _name.startswith({prefixes!r})]",
+        "del _grader_sys",
+    ]
+    for name in called:
+        module, original = imports[name]
+        lines.append(f"from {module} import {original} as {name}")
+    return "\n".join(lines) + "\n" + source
+
+
 def find_modifications(
     submission: nbformat.NotebookNode, reference: nbformat.NotebookNode
 ) -> list[str]:
@@ -177,17 +292,29 @@ def find_modifications(
 # --- running one notebook ------------------------------------------------------------------------
 
 
-def _kernel_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(package_root()), env.get("PYTHONPATH", "")) if part
-    )
+# Passed on from the grader's environment when set, and nothing else:
+# - PATH: for the programs learner code may start (a `!ls`, a subprocess).
+# - HOME: IPython and matplotlib keep their configuration and caches there; without it each kernel
+#   would rebuild matplotlib's font cache, seconds per submission.
+# - SYSTEMROOT: Windows' Python cannot open sockets or get random numbers without it.
+# - the thread counts: an instructor who limits them for a grading machine means the kernel too.
+KERNEL_ENV_PASSED_ON = (
+    "PATH", "HOME", "SYSTEMROOT", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+)
+
+
+def kernel_env(temp_dir: str) -> dict[str, str]:
+    """The whole environment a submission's kernel gets."""
+    env = {name: os.environ[name] for name in KERNEL_ENV_PASSED_ON if name in os.environ}
+    env["TMPDIR"] = temp_dir  # tempfile and torch write here, and it is removed after grading
+    env["PYTHONPATH"] = str(package_root())  # course_lib from this checkout, wherever the file is
+    env["LANG"] = "C.UTF-8"  # the same text encoding whatever the grading machine's locale
     return env
 
 
 def _quiet_logger() -> logging.Logger:
     # nbclient logs timeouts and dead kernels itself; the grader reports them in the row instead.
-    logger = logging.getLogger("course_lib.grade.nbclient")
+    logger = logging.getLogger("course_lib.instructor.grade.nbclient")
     logger.setLevel(logging.CRITICAL)
     logger.propagate = False
     return logger
@@ -239,7 +366,10 @@ def _run(
     try:
         # The kernel process's own stdout/stderr carry only start-up chatter; a notebook's prints
         # and errors travel over the kernel protocol and land in the cell outputs.
-        client.execute(env=_kernel_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with tempfile.TemporaryDirectory(prefix="grade-") as temp_dir:
+            client.execute(
+                env=kernel_env(temp_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
     except _GiveUp as stopped:
         timeouts.append(
             f"kernel still busy after interrupting cell index {stopped.args[0]}; rest not run"
@@ -257,7 +387,8 @@ def grade_notebook(path, reference=None, timeout: float = 60) -> dict:
     """Grade one submission. `reference` is a reference folder or notebook (default: exercises/).
 
     Returns a plain dict: notebook, status, passed, total, checks (id -> bool, reference order),
-    note (why the status, and which checks failed), reference (path or None), seconds.
+    points (earned), max_points, check_points (id -> what it is worth), note (why the status,
+    and which checks failed), reference (path or None), seconds.
     """
     try:
         return _grade_notebook(Path(path), reference, timeout)
@@ -268,6 +399,9 @@ def grade_notebook(path, reference=None, timeout: float = 60) -> dict:
             "passed": 0,
             "total": 0,
             "checks": {},
+            "points": 0,
+            "max_points": 0,
+            "check_points": {},
             "note": f"grader error: {type(error).__name__}: {error}".splitlines()[0],
             "reference": None,
             "seconds": 0.0,
@@ -282,6 +416,9 @@ def _grade_notebook(path: Path, reference, timeout: float) -> dict:
         "passed": 0,
         "total": 0,
         "checks": {},
+        "points": 0,
+        "max_points": 0,
+        "check_points": {},
         "note": "",
         "reference": None,
         "seconds": 0.0,
@@ -292,6 +429,9 @@ def _grade_notebook(path: Path, reference, timeout: float) -> dict:
     def finish() -> dict:
         row["passed"] = sum(row["checks"].values())
         row["total"] = len(row["checks"])
+        worth = row["check_points"]
+        row["points"] = sum(worth[ident] for ident, ok in row["checks"].items() if ok)
+        row["max_points"] = sum(worth.values())
         failed = [ident for ident, ok in row["checks"].items() if not ok]
         if failed and "not a notebook" not in statuses:
             notes.append("failed: " + ", ".join(failed))
@@ -302,12 +442,17 @@ def _grade_notebook(path: Path, reference, timeout: float) -> dict:
 
     reference_path = find_reference(path, reference)
     expected: dict[str, str] = {}
+    to_run: dict[str, str] = {}
     reference_nb = None
     if reference_path is not None:
         row["reference"] = str(reference_path)
         try:
             reference_nb = _read_notebook(reference_path)
             expected = expected_checks(reference_nb)
+            row["check_points"] = check_points_of(reference_nb)
+            to_run, solution_note = sources_to_run(reference_nb, reference_path)
+            if solution_note:
+                notes.append(solution_note)
         except Exception as error:  # noqa: BLE001
             reference_nb = None
             notes.append(f"cannot read the reference {reference_path}: {error}".splitlines()[0])
@@ -331,10 +476,11 @@ def _grade_notebook(path: Path, reference, timeout: float) -> dict:
         notes.extend(modifications)
 
     runnable = copy.deepcopy(submission)
+    imports = check_imports(reference_nb)
     for cell in runnable.cells:
         if exercise_id(cell) in expected and cell.cell_type == "code":
-            # Run the reference check, never an edited one.
-            cell.source = expected[exercise_id(cell)]
+            # Run the reference check, never an edited one, with check functions freshly imported.
+            cell.source = with_fresh_checks(to_run[exercise_id(cell)], imports)
 
     results, timeouts, crash = _run(runnable, path.resolve().parent, timeout)
     if timeouts:
@@ -380,38 +526,68 @@ def expand_paths(paths) -> list[Path]:
 
 def format_table(rows: list[dict]) -> str:
     """A plain aligned table, one row per notebook, then a TOTAL line."""
-    header = ("notebook", "status", "passed", "note")
+    header = ("notebook", "status", "passed", "points", "note")
     lines = [
-        (row["notebook"], row["status"], f"{row['passed']}/{row['total']}", row["note"])
+        (
+            row["notebook"], row["status"], f"{row['passed']}/{row['total']}",
+            f"{row['points']}/{row['max_points']}", row["note"],
+        )
         for row in rows
     ]
-    passed = sum(row["passed"] for row in rows)
-    total = sum(row["total"] for row in rows)
+
+    def tally(key: str) -> int:
+        return sum(row[key] for row in rows)
+
     ok = sum(row["status"] == "ok" for row in rows)
-    lines.append(("TOTAL", f"{ok}/{len(rows)} ok", f"{passed}/{total}", f"{len(rows)} notebook(s)"))
-    widths = [max(len(str(line[column])) for line in [header, *lines]) for column in range(3)]
+    lines.append((
+        "TOTAL", f"{ok}/{len(rows)} ok", f"{tally('passed')}/{tally('total')}",
+        f"{tally('points')}/{tally('max_points')}", f"{len(rows)} notebook(s)",
+    ))
+    columns = len(header) - 1  # the note, last, is not padded
+    widths = [max(len(str(line[column])) for line in [header, *lines]) for column in range(columns)]
     out = []
     for line in [header, *lines]:
-        cells = [str(value).ljust(width) for value, width in zip(line[:3], widths)]
-        out.append("  ".join([*cells, line[3]]).rstrip())
+        cells = [str(value).ljust(width) for value, width in zip(line[:columns], widths)]
+        out.append("  ".join([*cells, line[columns]]).rstrip())
     return "\n".join(out)
 
 
 def write_csv(rows: list[dict], path) -> None:
-    """One gradebook row per submission; check columns in reference order, 1 or 0."""
+    """A gradebook: a "points possible" row, then one row per submission.
+
+    Columns: notebook, status, checks passed, checks in all, points earned, points possible, then
+    one column per check in reference order holding the points that check earned (0 when failed).
+    The first row under the header gives each check's worth, as gradebook spreadsheets expect.
+    """
     check_ids = list(dict.fromkeys(ident for row in rows for ident in row["checks"]))
+    worth: dict[str, int] = {}
+    for row in rows:
+        for ident, points in row["check_points"].items():
+            worth.setdefault(ident, points)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["notebook", "status", "passed", "total", *check_ids])
+        writer.writerow(
+            ["notebook", "status", "passed", "total", "points", "max_points", *check_ids]
+        )
+        writer.writerow([
+            "(points possible)", "", "", len(check_ids), "", sum(worth.values()),
+            *[worth.get(ident, "") for ident in check_ids],
+        ])
         for row in rows:
             checks = row["checks"]
-            marks = [int(checks[ident]) if ident in checks else "" for ident in check_ids]
-            writer.writerow([row["notebook"], row["status"], row["passed"], row["total"], *marks])
+            marks = [
+                row["check_points"].get(ident, 1) * int(checks[ident]) if ident in checks else ""
+                for ident in check_ids
+            ]
+            writer.writerow([
+                row["notebook"], row["status"], row["passed"], row["total"], row["points"],
+                row["max_points"], *marks,
+            ])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m course_lib.grade",
+        prog="python -m course_lib.instructor.grade",
         description="Run learners' exercise notebooks and report which checks pass.",
     )
     parser.add_argument(
