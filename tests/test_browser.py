@@ -47,6 +47,12 @@ if missing_browser_reason():
 
 LESSONS = lesson_notebooks()
 
+# The explorers each lesson must show (by the CSS class of its box); every explorer found on a page
+# must also redraw when its slider moves (test_moving_a_slider_redraws_its_plot).
+EXPECTED_EXPLORERS = {
+    "03_mixed_precision_and_accumulation": [".course-format-explorer"],
+}
+
 
 # ---- one server and one browser for the whole module ---------------------------------------------
 
@@ -168,6 +174,15 @@ def test_moving_a_slider_redraws_its_plot(lesson, screenshot_path, widget_shots)
         elif after == before:
             unchanged.append(f"{selector}: the plot did not change after the slider moved")
     assert not unchanged, "\n".join(unchanged)
+
+
+def test_each_lesson_shows_its_explorers(lesson):
+    expected = EXPECTED_EXPLORERS.get(Path(lesson.notebook.path).stem, [])
+    if not expected:
+        pytest.skip("no explorer listed for this lesson")
+    require_every_widget_drawn(lesson)
+    missing = [selector for selector in expected if selector not in lesson.notebook.explorers()]
+    assert not missing, f"explorers with a slider not found on the page: {missing}"
 
 
 def test_the_live_view_updates_while_fit_runs(lesson):
