@@ -54,7 +54,7 @@ def test_hint_answers_every_question(capsys):
     assert capsys.readouterr().out.count("💡") == 3
 
 
-# ---- the reference answers and a family of wrong ones ---------------------------------------------
+# ---- the reference answers and a family of wrong ones --------------------------------------------
 
 
 def accumulate(model, window, loss_fn):
@@ -72,7 +72,8 @@ def make_train_step(*, weight="items", zero_grad="after", step_per_batch=False, 
                     scheduler_per_batch=False, delegate=False):
     """A train_step with one mistake chosen by keyword (the defaults are the correct answer)."""
 
-    def train_step(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None, grad_clip=0.0):
+    def train_step(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+                   grad_clip=0.0):
         if delegate:
             return course_lib.train_step(model, window, loss_fn, optimizer, scheduler=scheduler,
                                          scaler=scaler, grad_clip=grad_clip).loss
@@ -137,7 +138,7 @@ def train_step_stepping_the_optimizer_directly(model, window, loss_fn, optimizer
     return torch.tensor(loss)
 
 
-# ---- (a) accumulate --------------------------------------------------------------------------------
+# ---- (a) accumulate ------------------------------------------------------------------------------
 
 
 def test_accumulate_check_passes_a_correct_answer(capsys):
@@ -207,12 +208,25 @@ def test_accumulate_check_rejects_a_wrong_returned_loss():
 def test_accumulate_check_rejects_the_last_window_only():
     def forgets_backward(model, window, loss_fn):
         with torch.no_grad():
-            return sum(loss_fn(model(x), y) * len(y) for x, y in window) / sum(len(y) for _, y in window)
+            total = sum(len(y) for _, y in window)
+            return sum(loss_fn(model(x), y) * len(y) for x, y in window) / total
 
     fails_with(check_accumulate, forgets_backward, hint_text="call backward()", what="all zero")
 
 
-# ---- (b) train_step --------------------------------------------------------------------------------
+def concatenating(model, window, loss_fn):
+    inputs = torch.cat([x for x, _ in window])
+    targets = torch.cat([y for _, y in window])
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    return loss
+
+
+def test_accumulate_check_rejects_one_forward_over_the_concatenated_window():
+    fails_with(check_accumulate, concatenating, hint_text="run each micro-batch on its own")
+
+
+# ---- (b) train_step ------------------------------------------------------------------------------
 
 
 def test_train_step_check_passes_correct_answers(capsys):
@@ -239,8 +253,24 @@ def test_train_step_check_rejects(mistake, hint_text):
     fails_with(check_train_step, make_train_step(**mistake), hint_text=hint_text)
 
 
+def test_train_step_check_rejects_one_forward_over_the_concatenated_window():
+    def big_batch(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+                  grad_clip=0.0):
+        loss = concatenating(model, window, loss_fn)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
+        return loss
+
+    fails_with(check_train_step, big_batch, hint_text="run each micro-batch on its own")
+
+
 def test_train_step_check_rejects_not_clipping():
-    def never_clips(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None, grad_clip=0.0):
+    def never_clips(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+                    grad_clip=0.0):
         return train_step(model, window, loss_fn, optimizer, scheduler=scheduler, scaler=scaler)
 
     fails_with(check_train_step, never_clips, hint_text="clip with nn.utils.clip_grad_norm_",
@@ -248,13 +278,14 @@ def test_train_step_check_rejects_not_clipping():
 
 
 def test_train_step_check_rejects_ignoring_the_scheduler():
-    def no_schedule(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None, grad_clip=0.0):
+    def no_schedule(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+                    grad_clip=0.0):
         return train_step(model, window, loss_fn, optimizer, scaler=scaler, grad_clip=grad_clip)
 
     fails_with(check_train_step, no_schedule, hint_text="when a scheduler is given")
 
 
-# ---- (c) train_step with a scaler ------------------------------------------------------------------
+# ---- (c) train_step with a scaler ----------------------------------------------------------------
 
 
 def test_scaler_check_passes_a_correct_answer(capsys):
@@ -280,7 +311,8 @@ def test_scaler_check_rejects(mistake, hint_text):
 
 
 def test_scaler_check_rejects_stepping_the_optimizer_past_the_scaler():
-    def plain_step(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None, grad_clip=0.0):
+    def plain_step(model, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+                   grad_clip=0.0):
         total = sum(len(t) for _, t in window)
         loss = 0.0
         for inputs, targets in window:

@@ -33,9 +33,18 @@ hint = make_hint({
     "b": "accumulate first, then clip (if grad_clip > 0), then exactly one optimizer.step(), then "
          "clear the gradients, then one scheduler.step().",
     "c": "scale each weighted loss before backward(); call scaler.unscale_(optimizer) before you "
-         "clip; scaler.step(optimizer), then scaler.update() once. The scale went down exactly when "
-         "the step was skipped: compare scaler.get_scale() before and after.",
+         "clip; scaler.step(optimizer), then scaler.update() once. The scale went down exactly "
+         "when the step was skipped: compare scaler.get_scale() before and after.",
 })
+
+# The hint of a gradient mismatch that none of the usual mistakes explains, per question.
+_HINTS = {
+    "a": "the gradient of the window must be that of one batch holding all its examples: weight "
+         "each micro-batch's mean loss by its share of the window's examples",
+    "b": "accumulate as in (a), clip the accumulated gradients, then step once",
+    "c": "scale the weighted loss with scaler.scale(...) before backward(), and unscale_ before "
+         "clipping",
+}
 
 # The learner's sums and the reference's differ only in rounding (float32, a few dozen terms):
 # about 1e-7 of the largest gradient. Every mistake below moves some gradient by more than 10 %.
@@ -49,7 +58,7 @@ WINDOWS = {  # examples per micro-batch
 INIT_SCALE = 2.0 ** 12
 
 
-# ---- what the checks build ------------------------------------------------------------------------
+# ---- what the checks build -----------------------------------------------------------------------
 
 
 def _model(seed: int) -> nn.Module:
@@ -77,8 +86,9 @@ def _gradients(model: nn.Module) -> list[torch.Tensor]:
             for p in model.parameters()]
 
 
-def _reference(model: nn.Module, window) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], float]:
-    """The concatenated batch's gradients, each micro-batch's own (of its mean loss), and the loss."""
+def _reference(model: nn.Module, window):
+    """(the concatenated batch's gradients, each micro-batch's own gradients of its mean loss,
+    the concatenated batch's mean loss)."""
     copy = _copy(model)
     inputs = torch.cat([x for x, _ in window])
     targets = torch.cat([y for _, y in window])
@@ -113,7 +123,8 @@ def _norm(gradients) -> float:
 
 def _same(got, expected) -> bool:
     largest = max(float(g.abs().max()) for g in expected)
-    return all(torch.isfinite(a).all() and (a - b).abs().max() <= GRAD_TOLERANCE * max(largest, 1e-3)
+    allowed = GRAD_TOLERANCE * max(largest, 1e-3)
+    return all(torch.isfinite(a).all() and (a - b).abs().max() <= allowed
                for a, b in zip(got, expected))
 
 
@@ -121,7 +132,7 @@ def _largest_difference(got, expected) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(got, expected))
 
 
-# ---- watching the learner's code ------------------------------------------------------------------
+# ---- watching the learner's code -----------------------------------------------------------------
 
 
 @contextmanager
@@ -144,6 +155,26 @@ def _watch_library():
         yield called
     finally:
         sys.setprofile(previous)
+
+
+@contextmanager
+def _watch_forwards(model: nn.Module):
+    """Record the number of examples of every forward pass of `model` while the block runs."""
+    sizes = []
+    handle = model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def _refuse_one_big_forward(forwards: list[int], sizes: list[int], name: str) -> None:
+    """Accumulation exists because the whole window does not fit: one forward per micro-batch."""
+    if forwards and max(forwards) > max(sizes):
+        raise CheckFailure(f"{name} ran the model on {max(forwards)} examples at once",
+                           expected=f"micro-batches of at most {max(sizes)}",
+                           hint="run each micro-batch on its own, as it comes: the whole window "
+                                "is what does not fit in memory")
 
 
 def _refuse_delegation(called: list[str], name: str) -> None:
@@ -202,16 +233,7 @@ def _diagnose_gradients(got, parts, sizes, what: str, hint_key: str) -> CheckFai
                         hint=_HINTS[hint_key])
 
 
-_HINTS = {
-    "a": "the gradient of the window must be that of one batch holding all its examples: weight "
-         "each micro-batch's mean loss by its share of the window's examples",
-    "b": "accumulate as in (a), clip the accumulated gradients, then step once",
-    "c": "scale the weighted loss with scaler.scale(...) before backward(), and unscale_ before "
-         "clipping",
-}
-
-
-# ---- (a) accumulate -------------------------------------------------------------------------------
+# ---- (a) accumulate ------------------------------------------------------------------------------
 
 
 def check_accumulate(accumulate, seed: int = 0) -> None:
@@ -222,12 +244,14 @@ def check_accumulate(accumulate, seed: int = 0) -> None:
         window = _window(seed, sizes)
         whole, parts, loss = _reference(model, window)
         model.zero_grad(set_to_none=True)
-        result = _run(accumulate, "accumulate", model, window, nn.CrossEntropyLoss())
+        with _watch_forwards(model) as forwards:
+            result = _run(accumulate, "accumulate", model, window, nn.CrossEntropyLoss())
+        _refuse_one_big_forward(forwards, sizes, "accumulate")
         got = _gradients(model)
         if not _same(got, whole):
             failure = _diagnose_gradients(got, parts, sizes, "the gradients", "a")
-            failure.what = f"for {description} ({'+'.join(map(str, sizes))} examples), " + failure.what
-            raise CheckFailure(failure.what, failure.expected, failure.got, failure.hint)
+            where = f"for {description} ({'+'.join(map(str, sizes))} examples), "
+            raise CheckFailure(where + failure.what, failure.expected, failure.got, failure.hint)
         value = _loss_value(result, "accumulate")
         if not math.isclose(value, loss, rel_tol=1e-5, abs_tol=1e-6):
             raise CheckFailure(f"for {description}, the returned loss is not the window's mean",
@@ -239,7 +263,7 @@ def check_accumulate(accumulate, seed: int = 0) -> None:
            "micro-batches and a short last window alike")
 
 
-# ---- (b) and (c) train_step -----------------------------------------------------------------------
+# ---- (b) and (c) train_step ----------------------------------------------------------------------
 
 
 class _CountingScheduler(torch.optim.lr_scheduler.LambdaLR):
@@ -312,8 +336,10 @@ class _Run:
         kwargs = {"scheduler": self.scheduler, "grad_clip": grad_clip}
         if scaler:
             kwargs["scaler"] = self.scaler
-        self.result = _run(train_step, "train_step", self.model, self.window, nn.CrossEntropyLoss(),
-                           self.optimizer, **kwargs)
+        with _watch_forwards(self.model) as forwards:
+            self.result = _run(train_step, "train_step", self.model, self.window,
+                               nn.CrossEntropyLoss(), self.optimizer, **kwargs)
+        _refuse_one_big_forward(forwards, sizes, "train_step")
         self.after = _gradients(self.model)
 
 
