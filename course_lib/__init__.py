@@ -17,13 +17,18 @@ from course_lib.data import (
 )
 from course_lib.history import History
 from course_lib.loop import (
+    STOP,
     NonFiniteLossError,
+    RunState,
+    StepResult,
     TrainState,
     build_optimizer,
+    count_items,
     describe_loop,
     evaluate,
     fit,
     resolve_device,
+    train_step,
 )
 from course_lib.losses import FocalLoss, focal_loss
 from course_lib.metrics import (
@@ -36,7 +41,12 @@ from course_lib.metrics import (
     regression_errors,
 )
 from course_lib.models import MLP, SmallCNN
-from course_lib.schedules import build_scheduler, warmup_cosine, warmup_cosine_multiplier
+from course_lib.schedules import (
+    build_scheduler,
+    schedule_curve,
+    warmup_cosine,
+    warmup_cosine_multiplier,
+)
 from course_lib.seeding import seed_everything
 
 __all__ = [
@@ -44,7 +54,10 @@ __all__ = [
     "FocalLoss",
     "History",
     "NonFiniteLossError",
+    "RunState",
+    "STOP",
     "SmallCNN",
+    "StepResult",
     "TrainConfig",
     "TrainState",
     "UnsafeCheckpointError",
@@ -53,6 +66,7 @@ __all__ = [
     "build_scheduler",
     "class_counts",
     "confusion_matrix",
+    "count_items",
     "describe_loop",
     "downsample_class",
     "ema_smooth",
@@ -69,7 +83,9 @@ __all__ = [
     "regression_errors",
     "resolve_device",
     "save_checkpoint",
+    "schedule_curve",
     "seed_everything",
+    "train_step",
     "warmup_cosine",
     "warmup_cosine_multiplier",
 ]

@@ -13,8 +13,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
+
+from course_lib.schedules import SCHEDULES, WITHOUT_WARMUP
+
 PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
 DIRECTIONS = ("max", "min")
 
 
@@ -31,11 +34,19 @@ class TrainConfig:
     # AdamW learning rate and decoupled weight decay (never applied to biases and norm weights).
     lr: float = 1e-3
     weight_decay: float = 0.01
-    # Learning-rate schedule, applied per optimizer step; see course_lib.schedules.
+    # Learning-rate schedule, see course_lib.schedules: warmup_cosine, warmup_linear, constant,
+    # step, cosine or onecycle (stepped per optimizer step), or plateau (stepped per evaluation).
     schedule: str = "warmup_cosine"
+    # Steps of linear warmup (onecycle: of rising LR); step, cosine and plateau take none.
     warmup_steps: int = 0
-    # The schedule ends at lr * min_lr_ratio rather than at zero.
+    # The schedule ends at lr * min_lr_ratio rather than at zero (plateau: never goes below it).
     min_lr_ratio: float = 0.0
+    # "step": multiply the LR by decay_factor every decay_every steps (0: every third of the run).
+    decay_every: int = 0
+    # "step" and "plateau": the factor each decay multiplies the LR by.
+    decay_factor: float = 0.1
+    # "plateau": evaluations without improvement of `metric` before the LR decays.
+    patience: int = 2
     # Largest allowed global gradient norm; 0 turns clipping off (the norm is still logged).
     grad_clip: float = 1.0
     # Micro-batches per optimizer step: an effective batch of batch_size * grad_accum_steps.
@@ -88,7 +99,7 @@ class TrainConfig:
         def fail(name, why):
             raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r}: {why}")
 
-        for name in ("epochs", "max_steps", "warmup_steps"):
+        for name in ("epochs", "max_steps", "warmup_steps", "decay_every", "patience"):
             if getattr(self, name) < 0:
                 fail(name, "must be >= 0")
         if self.epochs == 0 and self.max_steps == 0:
@@ -97,7 +108,7 @@ class TrainConfig:
                      "max_consecutive_skips"):
             if getattr(self, name) < 1:
                 fail(name, "must be >= 1")
-        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "smoothing"):
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "smoothing", "decay_factor"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 fail(name, "must be a finite number >= 0")
@@ -113,6 +124,11 @@ class TrainConfig:
             fail("precision", f"must be one of {', '.join(PRECISIONS)}")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"must be one of {', '.join(SCHEDULES)}")
+        if self.schedule in WITHOUT_WARMUP and self.warmup_steps > 0:
+            fail("warmup_steps", f"the {self.schedule!r} schedule has no warmup; set it to 0 "
+                 "or choose warmup_cosine, warmup_linear or onecycle")
+        if not 0 < self.decay_factor < 1:
+            fail("decay_factor", "must be between 0 and 1 (exclusive)")
         if self.metric_direction not in DIRECTIONS:
             fail("metric_direction", "must be 'max' or 'min'")
         if not self.metric.startswith("eval_"):
@@ -153,15 +169,8 @@ class TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def to_toml(self) -> str:
-        """The config as TOML text (None values are left out: TOML has no null)."""
-        lines = []
-        for key, value in self.to_dict().items():
-            if value is None:
-                continue
-            if isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            elif isinstance(value, float):
-                lines.append(f"{key} = {value!r}")
-            else:
-                lines.append(f"{key} = {value}")
-        return "\n".join(lines) + "\n"
+        """The config as TOML text (None values are left out: TOML has no null).
+
+        A real TOML writer escapes what needs escaping, such as the backslashes of a Windows path.
+        """
+        return tomli_w.dumps({k: v for k, v in self.to_dict().items() if v is not None})

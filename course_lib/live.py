@@ -1,7 +1,8 @@
 """Watching a run while it trains (introduced in lesson 06).
 
 `LiveView` is a hook for `fit`: `fit(..., hooks=[LiveView()])`. `fit` calls it after every optimizer
-step with the loop's state. In a Jupyter notebook it shows a progress bar, the latest loss and eval
+step with the loop's state. In a Jupyter notebook it shows a progress bar (tqdm's notebook bar, the
+one `tqdm.auto` picks inside a kernel, with its rate and time left), the latest loss and eval
 accuracy, and a history plot that redraws as evaluations arrive. Anywhere else (a script, pytest)
 it prints one plain line per new log record.
 
@@ -113,19 +114,20 @@ class LiveView:
 
     def _build_widgets(self, state) -> dict:
         from IPython.display import display
+        from tqdm.notebook import tqdm  # what tqdm.auto gives inside a kernel
 
-        progress = widgets.IntProgress(value=0, min=0, max=max(1, state.max_steps),
-                                       description=f"step 0/{state.max_steps}",
-                                       style={"description_width": "initial"})
+        # display=False: the bar goes into this view's box instead of its own output.
+        bar = tqdm(total=max(1, state.max_steps), desc="step", unit="step", display=False)
+        progress = bar.container.children[1]
         progress.add_class("course-live-progress")
         label = widgets.Label(value="")
         label.add_class("course-live-label")
         plot = widgets.Output()
         plot.add_class("course-live-plot")
-        box = widgets.VBox([widgets.HBox([progress, label]), plot])
+        box = widgets.VBox([widgets.HBox([bar.container, label]), plot])
         box.add_class("course-live-view")
         display(box)
-        return {"box": box, "progress": progress, "label": label, "plot": plot}
+        return {"box": box, "bar": bar, "progress": progress, "label": label, "plot": plot}
 
     def _update_progress(self, state, records, now: float) -> None:
         for record in records[self._shown:]:
@@ -136,9 +138,9 @@ class LiveView:
             if "eval_loss" in record:
                 self._eval_count += 1
         self._shown = len(records)
-        progress = self._widgets["progress"]
-        progress.value = min(state.step, progress.max)
-        progress.description = f"step {state.step}/{state.max_steps}"
+        bar = self._widgets["bar"]
+        bar.n = min(state.step, bar.total)
+        bar.refresh()
         parts = []
         if not math.isnan(self._last_loss):
             parts.append(f"loss {self._last_loss:.4f}")
@@ -146,6 +148,8 @@ class LiveView:
             parts.append(f"eval accuracy {self._last_accuracy:.3f}")
         self._widgets["label"].value = "   ".join(parts)
         self._bar_time = now
+        if state.step >= state.max_steps:
+            bar.close()  # stops its clock; the bar stays on the page
 
     def _should_redraw(self, state, final: bool, now: float) -> bool:
         if final:

@@ -2,11 +2,13 @@
 
 `fit` is the hand-written loop of lesson 01 with the six parts every serious loop has: a config,
 one seed, mixed precision, gradient clipping, a learning-rate schedule, and periodic validation with
-checkpoints. It also gets right the details that well-known libraries got wrong:
+checkpoints. One optimizer step is its own function, `train_step` (lesson 03 asks you to write it),
+and everything the run carries from step to step sits in one dataclass, `RunState`, which is also
+exactly what a checkpoint holds. The loop gets right the details that well-known libraries got wrong:
 
-- gradient accumulation divides by the real number of samples in each window (the last window of
-  an epoch may be short), not by the configured number of micro-batches;
-- the scheduler does not advance when the fp16 gradient scaler skipped the optimizer step;
+- each micro-batch's loss counts in proportion to its items, so an accumulation window (even the
+  short last one of an epoch, or sequences with padding) gives the mean over the window's items;
+- no schedule advances when the fp16 gradient scaler skipped the optimizer step;
 - the logged gradient norm and the clipping use unscaled gradients;
 - evaluation puts every submodule back into the train/eval mode it had before;
 - a run resumed from its latest checkpoint ends bit-for-bit where an uninterrupted run ends.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -30,28 +32,32 @@ from torch import nn
 from course_lib.checkpoint import load_checkpoint, rank_checkpoints, save_checkpoint
 from course_lib.config import TrainConfig
 from course_lib.history import History
-from course_lib.metrics import confusion_matrix, per_class_accuracy_from_confusion
-from course_lib.schedules import build_scheduler
+from course_lib.metrics import DebiasedEMA, confusion_counts, per_class_accuracy_from_confusion
+from course_lib.schedules import PER_EVALUATION, build_scheduler
 from course_lib.seeding import get_rng_state, set_rng_state
 
 LOOP_OUTLINE = """\
 fit(model, train_loader, val_loader, cfg)
   build: device, loss (cross-entropy), AdamW (no decay on biases/norms), schedule, gradient scaler
-  resume: when resume_from is given, restore model, optimizer, schedule, scaler, RNG, data position
+  state: one RunState holds step, epoch, position in the epoch, RNG, best checkpoints, history
+  resume: when resume_from is given, state.load_state_dict(checkpoint) restores all of it
   for each optimizer step until max_steps:
     take a window of grad_accum_steps micro-batches (shorter at the end of an epoch)
-    for each micro-batch:
-      forward under autocast (bf16/fp16) -> loss
-      weight the loss by micro-batch size / window size  (the real window, not the configured one)
-      backward through the scaled loss (fp16) or the loss itself
-    unscale gradients -> measure the gradient norm -> clip it
-    optimizer step (the fp16 scaler skips it when gradients overflowed) -> update the scale
-    clear gradients
-    advance the schedule, unless the scaler skipped the step
+    train_step(window):
+      for each micro-batch: forward under autocast (bf16/fp16) -> loss and its number of items,
+        backward through the loss weighted by its items (scaled by the fp16 gradient scaler)
+      unscale gradients, rescale to the window's items -> measure the gradient norm -> clip it
+      optimizer step (the fp16 scaler skips it when gradients overflowed) -> update the scale
+      clear gradients; advance a per-step schedule, unless the scaler skipped the step
     every log_every steps: read the losses, stop on a non-finite one, log a training record
-    every eval_every steps: evaluate (restoring train/eval modes), log, keep the best checkpoints
-    call the hooks with a read-only state
+    every eval_every steps: evaluate (restoring train/eval modes), log, step a plateau schedule,
+      save state.state_dict() as latest.pt and keep the best checkpoints
+    call the hooks with a read-only state; a hook that returns "stop" ends the run cleanly
+  when the loader runs out, the epoch is over: the next one starts from its first batch
   return the History"""
+
+# What a hook returns to end the run after this step (any other value but None is an error).
+STOP = "stop"
 
 
 def describe_loop() -> str:
@@ -75,6 +81,81 @@ class TrainState:
     history: History
     cfg: TrainConfig
     model: nn.Module
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What `train_step` did. The tensors stay on the device; reading them waits for it."""
+
+    loss: torch.Tensor  # the mean loss over the window's items, detached
+    grad_norm: torch.Tensor  # the unscaled gradient norm, before clipping
+    learning_rate: float  # the LR this step used (the first parameter group's)
+    samples: int  # examples in the window
+    skipped: bool  # True when the fp16 scaler skipped the optimizer step
+
+
+@dataclass
+class RunState:
+    """Everything a run carries from one optimizer step to the next: what a checkpoint holds.
+
+    `state_dict()` is the checkpoint, plain data that `load_checkpoint` (weights_only) accepts, and
+    `load_state_dict(checkpoint)` puts a run back where it was, objects included.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    config: TrainConfig
+    history: History = field(default_factory=History)
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # complete passes over the training loader
+    batches_done: int = 0  # micro-batches of the current epoch already trained on
+    epoch_rng: dict | None = None  # the RNG state that decided the current epoch's batch order
+    consecutive_skips: int = 0  # fp16 steps the scaler skipped in a row
+    skipped_steps: int = 0  # fp16 steps the scaler skipped in all
+    best: list = field(default_factory=list)  # {"path", "step", "metric"} of the kept best
+    unlogged_losses: list = field(default_factory=list)  # read from the device, not logged yet
+    smoothing: DebiasedEMA | None = None  # the average behind the logged smooth_loss
+    # Set by load_state_dict: the global RNG state to restore once the interrupted epoch's batch
+    # order has been replayed (replaying may draw random numbers).
+    resume_rng: dict | None = None
+
+    def __post_init__(self):
+        if self.smoothing is None:
+            self.smoothing = DebiasedEMA(self.config.smoothing)
+
+    def state_dict(self, metrics: dict | None = None) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history.records,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "epoch_rng": self.epoch_rng,
+            "rng": get_rng_state(),
+            "consecutive_skips": self.consecutive_skips,
+            "skipped_steps": self.skipped_steps,
+            "best": list(self.best),
+            "unlogged_losses": list(self.unlogged_losses),
+            "smoothing": self.smoothing.state(),
+            "metrics": metrics,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        _check_resumable(saved["config"], self.config)
+        for name in ("model", "optimizer", "scheduler", "scaler"):
+            getattr(self, name).load_state_dict(saved[name])
+        self.history = History(saved["history"])
+        for name in ("step", "epoch", "batches_done", "epoch_rng", "consecutive_skips",
+                     "skipped_steps", "best", "unlogged_losses"):
+            setattr(self, name, saved[name])
+        self.smoothing = DebiasedEMA(self.config.smoothing, *saved["smoothing"])
+        self.resume_rng = saved["rng"]
 
 
 # ---- small helpers the loop calls ----------------------------------------------------------------
@@ -113,41 +194,147 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
+def _ignored_target(loss_fn) -> int | None:
+    """The target value a cross-entropy (or NLL) loss leaves out of its mean, or None."""
+    if isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return loss_fn.ignore_index
+    if loss_fn in (nn.functional.cross_entropy, nn.functional.nll_loss):
+        return -100  # their default ignore_index
+    return None
+
+
+def count_items(loss_fn, targets: torch.Tensor):
+    """How many items a mean loss over `targets` averaged: what its weight in a larger mean is.
+
+    For cross-entropy and NLL (the module or the function), the targets that are not their
+    `ignore_index`, summed through the class weights when the module has them (its mean divides
+    by that sum); for any other loss, `len(targets)`. A tensor count stays on the device.
+    """
+    ignored = _ignored_target(loss_fn)
+    if ignored is None or targets.is_floating_point():  # class probabilities ignore nothing
+        return len(targets)
+    counted = targets != ignored
+    weight = getattr(loss_fn, "weight", None)
+    if weight is None:
+        return counted.sum()
+    return (weight[torch.where(counted, targets, 0)] * counted).sum()
+
+
+def batch_loss(model: nn.Module, batch, loss_fn, device: torch.device):
+    """Forward one batch: (logits, the targets that count, the mean loss, the items it averaged).
+
+    A batch is (inputs, targets), or (inputs, targets, mask) where `mask` has the targets' shape
+    and is True for the items that count and False for padding; with a mask the logits must hold
+    the classes in their last dimension. `loss_fn(logits, targets)` returns either the mean loss,
+    whose items `count_items` counts, or a pair (mean loss, number of items it averaged).
+    """
+    inputs, targets, *mask = (tensor.to(device, non_blocking=True) for tensor in batch)
+    logits = model(inputs)
+    if mask:
+        keep = mask[0].bool()
+        logits, targets = logits[keep], targets[keep]
+    result = loss_fn(logits, targets)
+    loss, items = result if isinstance(result, tuple) else (result, count_items(loss_fn, targets))
+    return logits, targets, loss, items
+
+
+def train_step(model: nn.Module, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
+               grad_clip: float = 0.0, device=None, precision: str = "fp32") -> StepResult:
+    """One optimizer step over `window`, a list of micro-batches (lesson 03).
+
+    The window's loss is the mean over all its items, whatever the micro-batches' sizes. The
+    gradients are unscaled before they are measured and clipped (`grad_clip` > 0); the scaler
+    (None or a disabled one for fp32 and bf16) may skip the step, and then `scheduler` (stepped per
+    optimizer step) stays where it was.
+    """
+    device = device or next(model.parameters()).device
+    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    window_loss, window_items, samples, reference = 0.0, 0, 0, None
+    for batch in window:
+        with autocast_context(device, precision):
+            _, _, loss, items = batch_loss(model, batch, loss_fn, device)
+        # Each micro-batch counts in proportion to its items, but the window's total is known only
+        # after its last forward (a loss may report its own count). So each loss is weighted by its
+        # items relative to the first micro-batch's, and the gradients are rescaled by first/total
+        # at the end: the same as weighting by items/total, with the loss kept at the size of one
+        # micro-batch's, as fp16 loss scaling needs. A window of one micro-batch needs neither.
+        if reference is None:
+            reference = items if isinstance(items, int) else items.clamp(min=1)
+        weighted = loss * (items / reference) if len(window) > 1 else loss
+        scaler.scale(weighted).backward()
+        window_loss = window_loss + weighted.detach().float()
+        window_items = window_items + items
+        samples += len(batch[0])
+
+    scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
+    gradients = [p.grad for p in parameters if p.grad is not None]
+    if len(window) > 1:
+        rescale = reference / window_items
+        window_loss = window_loss * rescale
+        for gradient in gradients:
+            gradient.mul_(rescale)
+    if grad_clip > 0:
+        grad_norm = nn.utils.clip_grad_norm_(parameters, grad_clip)  # the norm before clipping
+    else:
+        grad_norm = nn.utils.get_total_norm(gradients)
+    learning_rate = optimizer.param_groups[0]["lr"]
+    # Knowing about a skip means reading the scale back from the device: fp16 only.
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)  # skipped when the fp16 gradients hold inf or NaN
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    skipped = scale_before is not None and scaler.get_scale() < scale_before
+    if scheduler is not None and not skipped:
+        scheduler.step()  # a skipped step must not move the schedule on
+    return StepResult(window_loss, grad_norm, learning_rate, samples, skipped)
+
+
 def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str = "fp32") -> dict:
     """Dataset-level loss, accuracy and per-class accuracy over `loader` (lesson 05).
 
-    Each batch's mean loss is weighted by its size, so a short last batch counts for exactly its
-    examples. Every submodule gets back the train/eval mode it had, including a frozen BatchNorm
-    kept in eval mode inside a model that is training.
+    Batches are (inputs, targets) or (inputs, targets, mask), as `batch_loss` describes. Each
+    batch's mean loss is weighted by the items it averaged (`count_items`: targets equal to a
+    cross-entropy's ignore_index and masked padding do not count), so the result is the mean over
+    every item that counts, whatever the batch sizes. Accuracy counts the same items. Everything
+    is summed on the device and read back once, at the end. Every submodule gets back the
+    train/eval mode it had, including a frozen BatchNorm kept in eval mode inside a training model.
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = device or next(model.parameters()).device
+    ignored = _ignored_target(loss_fn)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     start = time.perf_counter()
     total_loss = torch.zeros((), device=device)
-    confusion = None
+    total_items = torch.zeros((), device=device)
+    counts = None
     batches = 0
     try:
         with torch.inference_mode(), autocast_context(device, precision):
-            for inputs, targets in loader:
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                logits = model(inputs)
-                total_loss += loss_fn(logits, targets).float() * len(targets)
-                counts = confusion_matrix(logits.argmax(dim=-1), targets, logits.shape[-1])
-                confusion = counts if confusion is None else confusion + counts
+            for batch in loader:
+                logits, targets, loss, items = batch_loss(model, batch, loss_fn, device)
+                total_loss += loss.float() * items
+                total_items += items
+                keep = None if ignored is None else targets != ignored
+                batch_counts = confusion_counts(logits.argmax(dim=-1), targets, logits.shape[-1], keep)
+                counts = batch_counts if counts is None else counts + batch_counts
                 batches += 1
     finally:
         for module, was_training in modes:
             module.training = was_training  # set each module's own flag; no recursion
-    if confusion is None:
+    if counts is None:
         raise ValueError("the evaluation loader yielded no batches")
-    confusion = confusion.cpu()  # the one synchronisation of the evaluation
+    counts = counts.cpu()  # the evaluation waits for the device here, once
+    num_classes = math.isqrt(len(counts) - 1)
+    if counts[-1] > 0:
+        raise ValueError(f"the evaluation targets hold {int(counts[-1])} item(s) with a class "
+                         f"outside 0..{num_classes - 1}")
+    confusion = counts[:-1].reshape(num_classes, num_classes)
     examples = int(confusion.sum())
     runtime = time.perf_counter() - start
     return {
-        "eval_loss": total_loss.item() / examples,
+        "eval_loss": (total_loss / total_items).item(),
         "eval_accuracy": confusion.diag().sum().item() / examples,
         "eval_per_class_accuracy": per_class_accuracy_from_confusion(confusion),
         "eval_runtime": runtime,
@@ -159,10 +346,11 @@ def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str
 def _loader_rng_state(loader) -> dict:
     """What decides an epoch's batch order: the loader's generator, or else the global torch RNG."""
     state = {"torch": torch.get_rng_state()}
-    if loader.generator is not None:
-        state["loader"] = loader.generator.get_state()
-    sampler_generator = getattr(loader.sampler, "generator", None)
-    if sampler_generator is not None and sampler_generator is not loader.generator:
+    loader_generator = getattr(loader, "generator", None)
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    sampler_generator = getattr(getattr(loader, "sampler", None), "generator", None)
+    if sampler_generator is not None and sampler_generator is not loader_generator:
         state["sampler"] = sampler_generator.get_state()
     return state
 
@@ -173,6 +361,24 @@ def _restore_loader_rng_state(loader, state: dict) -> None:
         loader.generator.set_state(state["loader"])
     if "sampler" in state:
         loader.sampler.generator.set_state(state["sampler"])
+
+
+def _epoch_batches(loader, state: RunState):
+    """The batches of the current epoch that are left, in the order the epoch began with."""
+    if state.epoch_rng is None:  # a new epoch: the RNG right now decides its order
+        if state.resume_rng is not None:
+            set_rng_state(state.resume_rng)
+            state.resume_rng = None
+        state.epoch_rng = _loader_rng_state(loader)
+    else:  # resuming mid-epoch: replay its order, then skip what was already trained on
+        _restore_loader_rng_state(loader, state.epoch_rng)
+    batches = iter(loader)
+    for _ in islice(batches, state.batches_done):
+        pass
+    if state.resume_rng is not None:
+        set_rng_state(state.resume_rng)  # dropout and friends continue where they stopped
+        state.resume_rng = None
+    return batches
 
 
 def _windows(batches, size: int):
@@ -187,6 +393,72 @@ def _windows(batches, size: int):
         yield window
 
 
+def _batches_per_epoch(loader, cfg: TrainConfig) -> int:
+    try:
+        batches = len(loader)
+    except TypeError:  # an iterable without a length: only max_steps can say when to stop
+        if not cfg.max_steps:
+            raise ValueError("the training loader has no len(); set TrainConfig.max_steps") from None
+        return 0
+    if batches == 0 and not cfg.max_steps:
+        raise ValueError("the training loader has no batches (len() is 0)")
+    return batches
+
+
+def _read_losses(unread: list, state: RunState, fp16: bool) -> None:
+    """Bring the unread (step, loss) pairs to the host (one synchronisation) and check them."""
+    if not unread:
+        return
+    values = torch.stack([loss for _, loss in unread]).tolist()
+    for (step, _), value in zip(unread, values):
+        if math.isfinite(value):
+            state.unlogged_losses.append(value)
+        elif not fp16:  # with fp16 the scaler skips such steps; see _count_skip
+            raise NonFiniteLossError(f"the training loss was {value} at step {step}; lower the "
+                                     "learning rate, clip gradients, or look for bad inputs")
+    unread.clear()
+
+
+def _count_skip(state: RunState, skipped: bool) -> None:
+    if not skipped:
+        state.consecutive_skips = 0
+        return
+    state.consecutive_skips += 1
+    state.skipped_steps += 1
+    if state.consecutive_skips > state.config.max_consecutive_skips:
+        raise NonFiniteLossError(
+            f"the fp16 gradient scaler skipped {state.consecutive_skips} steps in a row up to step "
+            f"{state.step}: the gradients keep overflowing; try bf16 or a lower LR")
+
+
+def _training_record(state: RunState, epoch: float, result: StepResult, samples_per_second: float):
+    losses = state.unlogged_losses
+    mean_loss = sum(losses) / len(losses) if losses else math.nan
+    losses.clear()
+    return {
+        "step": state.step,
+        "epoch": epoch,
+        "loss": mean_loss,
+        "smooth_loss": state.smoothing.update(mean_loss),
+        "learning_rate": result.learning_rate,
+        "grad_norm": result.grad_norm.item(),
+        "samples_per_second": samples_per_second,
+        "skipped_steps": state.skipped_steps,
+    }
+
+
+def _call_hooks(hooks, view: TrainState) -> bool:
+    """Call every hook; True when one of them returned STOP."""
+    stop = False
+    for hook in hooks:
+        request = hook(view)
+        if request not in (None, STOP):
+            raise TypeError(f"the hook {hook!r} returned {request!r}; a hook returns None, or "
+                            f"{STOP!r} to end the run")
+        stop = stop or request == STOP
+    return stop
+
+
 class _RunFiles:
     """The output folder: history.jsonl, config.toml, checkpoints/latest.pt and the best N."""
 
@@ -196,20 +468,36 @@ class _RunFiles:
         self.latest = self.checkpoints / "latest.pt"
         self.history = self.root / "history.jsonl"
 
-    def start(self, cfg: TrainConfig, history: History, resuming: bool) -> None:
+    def start(self, state: RunState, resuming: bool) -> None:
         if self.latest.exists() and not resuming:
             raise FileExistsError(
                 f"{self.root} already holds a run; pass resume_from={str(self.root)!r} to continue "
                 "it, or choose another out_dir"
             )
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.toml").write_text(cfg.to_toml())
+        (self.root / "config.toml").write_text(state.config.to_toml())
         # On resume, records written after the checkpoint are replayed, so rewrite from it.
-        history.to_jsonl(self.history)
+        state.history.to_jsonl(self.history)
+        if not resuming:
+            # The starting point: a run killed before its first evaluation resumes too.
+            save_checkpoint(self.latest, state.state_dict())
 
     def append(self, record: dict) -> None:
         with open(self.history, "a") as file:
             file.write(History.record_to_line(record) + "\n")
+
+    def save(self, state: RunState, metrics: dict | None = None) -> None:
+        """latest.pt, and with metrics a step_NNNNNN.pt while it ranks among the keep_best best."""
+        cfg = state.config
+        if metrics is not None and cfg.keep_best > 0:
+            path = self.checkpoints / f"step_{state.step:06d}.pt"
+            save_checkpoint(path, state.state_dict(metrics))
+            entry = {"path": path.name, "step": state.step, "metric": float(metrics[cfg.metric])}
+            state.best, dropped = rank_checkpoints(state.best + [entry], cfg.keep_best,
+                                                   cfg.metric_direction)
+            for old in dropped:
+                (self.checkpoints / old["path"]).unlink(missing_ok=True)
+        save_checkpoint(self.latest, state.state_dict(metrics))
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
@@ -222,6 +510,13 @@ def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
         raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details})")
 
 
+def _latest_checkpoint(resume_from) -> dict:
+    latest = Path(resume_from) / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
+    return load_checkpoint(latest, map_location="cpu")  # RNG states must stay on the CPU
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 
 
@@ -229,236 +524,98 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
         optimizer=None, hooks=(), resume_from=None) -> History:
     """Train `model` as `cfg` says and return its History.
 
-    Batches are (inputs, targets) pairs and `loss_fn(logits, targets)` returns the mean over a
-    batch. Hooks are plain functions called after every optimizer step with a `TrainState`; an
-    exception in a hook stops the run. `resume_from` is the out_dir of an earlier run of the same
-    config, continued from its latest checkpoint.
+    Batches are (inputs, targets) pairs, or (inputs, targets, mask) triples (see `batch_loss`).
+    `loss_fn(logits, targets)` returns the mean over a batch, or a pair (mean, number of items).
+    Hooks are plain functions called after every optimizer step with a read-only `TrainState`; a
+    hook that returns "stop" ends the run after that step (a checkpoint is saved when out_dir is
+    set), and an exception in a hook stops the run and propagates. `resume_from` is the out_dir of
+    an earlier run of the same config, continued from its latest checkpoint.
     """
-    # -- set-up --------------------------------------------------------------------------------
+    # -- set-up ----------------------------------------------------------------------------------
     device = resolve_device(cfg.device)
     model.to(device)
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
     optimizer = optimizer if optimizer is not None else build_optimizer(model, cfg)
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum_steps)
-    max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    batches_per_epoch = _batches_per_epoch(train_loader, cfg)
+    max_steps = cfg.max_steps or cfg.epochs * math.ceil(batches_per_epoch / cfg.grad_accum_steps)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.warmup_steps, max_steps,
-                                cfg.min_lr_ratio)
+                                cfg.min_lr_ratio, decay_every=cfg.decay_every,
+                                decay_factor=cfg.decay_factor, patience=cfg.patience,
+                                direction=cfg.metric_direction)
+    per_step_scheduler = None if cfg.schedule in PER_EVALUATION else scheduler
     fp16 = cfg.precision == "fp16"
     # bf16 keeps float32's range, so only fp16 needs loss scaling; disabled, the scaler's
     # methods do nothing and one code path serves every precision.
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-
-    history = History()
-    step = 0
-    epoch = 0
-    batches_done = 0  # micro-batches of the current epoch already trained on
-    epoch_rng = None  # the RNG state that decided the current epoch's batch order
-    consecutive_skips = 0
-    skipped_total = 0
-    best = []  # {"path", "step", "metric"} of the kept best checkpoints
-    log_window = []  # finite losses read from the device since the last training record
-    smooth, smooth_count = 0.0, 0  # the EMA of logged losses (before debiasing), and its length
-
+    state = RunState(model, optimizer, scheduler, scaler, cfg)
     if resume_from is not None:
-        latest = Path(resume_from) / "checkpoints" / "latest.pt"
-        if not latest.exists():
-            raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
-        # On the CPU: RNG states must stay there; load_state_dict copies the rest to the device.
-        saved = load_checkpoint(latest, map_location="cpu")
-        _check_resumable(saved["config"], cfg)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        history = History(saved["history"])
-        step, epoch, batches_done = saved["step"], saved["epoch"], saved["batches_done"]
-        epoch_rng = saved["epoch_rng"]
-        consecutive_skips, skipped_total = saved["consecutive_skips"], saved["skipped_total"]
-        best = saved["best"]
-        resumed_rng = saved["rng"]
-        log_window = list(saved["log_window"])
-        smooth, smooth_count = saved["smoothing"]
-
+        state.load_state_dict(_latest_checkpoint(resume_from))
     files = _RunFiles(cfg.out_dir) if cfg.out_dir else None
     if files:
-        files.start(cfg, history, resuming=resume_from is not None)
+        files.start(state, resuming=resume_from is not None)
 
-    def log(record):
-        history.append(record)
-        if files:
-            files.append(record)
-
-    def checkpoint_state(metrics=None):
-        return {
-            "config": cfg.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "rng": get_rng_state(),
-            # At an epoch boundary the next epoch's order is decided by the state right now.
-            "epoch_rng": _loader_rng_state(train_loader) if batches_done == 0 else epoch_rng,
-            "history": history.records,
-            "consecutive_skips": consecutive_skips,
-            "skipped_total": skipped_total,
-            "log_window": list(log_window),  # losses read but not yet logged
-            "smoothing": (smooth, smooth_count),
-            "metrics": metrics,
-        }
-
-    def save(metrics):
-        state = checkpoint_state(metrics)
-        nonlocal best
-        if cfg.keep_best > 0:
-            if cfg.metric not in metrics:
-                raise KeyError(f"cfg.metric {cfg.metric!r} is not among {sorted(metrics)}")
-            path = files.checkpoints / f"step_{step:06d}.pt"
-            save_checkpoint(path, {**state, "best": best})
-            entry = {"path": path.name, "step": step, "metric": float(metrics[cfg.metric])}
-            best, dropped = rank_checkpoints(best + [entry], cfg.keep_best, cfg.metric_direction)
-            for old in dropped:
-                (files.checkpoints / old["path"]).unlink(missing_ok=True)
-        save_checkpoint(files.latest, {**state, "best": best})
-
-    # Training losses since the last read, still on the device: (step, loss tensor).
-    unread_losses = []
-    last_grad_norm = None
-    samples_since_log = 0
-    log_clock = time.perf_counter()
-
-    def read_losses():
-        """Bring the unread losses to the host (one synchronisation) and check them."""
-        if not unread_losses:
-            return
-        values = torch.stack([loss for _, loss in unread_losses]).tolist()
-        for (loss_step, _), value in zip(unread_losses, values):
-            if math.isfinite(value):
-                log_window.append(value)
-            elif not fp16:  # with fp16 the scaler skips such steps; see consecutive_skips
-                raise NonFiniteLossError(
-                    f"the training loss was {value} at step {loss_step}; lower the learning "
-                    "rate, clip gradients, or look for bad inputs"
-                )
-        unread_losses.clear()
-
-    resuming = resume_from is not None
-    if files and not resuming:
-        # A checkpoint of the starting point: a run killed before its first evaluation resumes too.
-        save_checkpoint(files.latest, {**checkpoint_state(), "best": best})
+    unread = []  # (step, loss) pairs still on the device, read at the next logging step
+    samples_since_log, log_clock = 0, time.perf_counter()
     if not model.training:
         # Only switch a model that is wholly in eval mode: a model already training may keep a
         # submodule (a frozen BatchNorm, say) in eval mode on purpose.
         model.train()
-    while step < max_steps:
-        # -- one epoch, or the rest of one when resuming ---------------------------------------
-        if resuming:
-            # Replay the interrupted epoch's order, then skip what was already trained on.
-            _restore_loader_rng_state(train_loader, epoch_rng)
-        else:
-            epoch_rng = _loader_rng_state(train_loader)
-        batches = iter(train_loader)
-        for _ in islice(batches, batches_done):
-            pass
-        if resuming:
-            set_rng_state(resumed_rng)  # dropout and friends continue where they stopped
-            resuming = False
+    while state.step < max_steps:
+        # -- one epoch, or the rest of one when resuming -------------------------------------------
+        for window in _windows(_epoch_batches(train_loader, state), cfg.grad_accum_steps):
+            result = train_step(model, window, loss_fn, optimizer, scheduler=per_step_scheduler,
+                                scaler=scaler, grad_clip=cfg.grad_clip, device=device,
+                                precision=cfg.precision)
+            state.step += 1
+            state.batches_done += len(window)
+            _count_skip(state, result.skipped)
+            unread.append((state.step, result.loss))
+            samples_since_log += result.samples
+            epoch = state.epoch + (state.batches_done / batches_per_epoch if batches_per_epoch else 0)
+            last = state.step == max_steps
 
-        for window in _windows(batches, cfg.grad_accum_steps):
-            # -- one optimizer step -------------------------------------------------------------
-            window_samples = sum(len(targets) for _, targets in window)
-            window_loss = None
-            for inputs, targets in window:
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                with autocast_context(device, cfg.precision):
-                    loss = loss_fn(model(inputs), targets)
-                if len(window) > 1:
-                    # Weight by this micro-batch's share of the window's samples: the sum is then
-                    # the mean over the window, also when the window or a micro-batch is short.
-                    loss = loss * (len(targets) / window_samples)
-                scaler.scale(loss).backward()
-                detached = loss.detach().float()
-                window_loss = detached if window_loss is None else window_loss + detached
-
-            scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
-            if cfg.grad_clip > 0:
-                grad_norm = nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)  # norm before clipping
-            else:
-                grad_norm = nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-            learning_rate = optimizer.param_groups[0]["lr"]  # the LR this step uses
-            if fp16:
-                scale_before = scaler.get_scale()  # fp16 only: knowing about a skip needs a sync
-            scaler.step(optimizer)  # skipped when the fp16 gradients hold inf or NaN
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            skipped = fp16 and scaler.get_scale() < scale_before
-            if skipped:
-                consecutive_skips += 1
-                skipped_total += 1
-                if consecutive_skips > cfg.max_consecutive_skips:
-                    raise NonFiniteLossError(
-                        f"the fp16 gradient scaler skipped {consecutive_skips} steps in a row up to "
-                        f"step {step + 1}: the gradients keep overflowing; try bf16 or a lower LR"
-                    )
-            else:
-                consecutive_skips = 0
-                scheduler.step()  # a skipped step must not move the schedule on
-
-            step += 1
-            batches_done += len(window)
-            if batches_done == batches_per_epoch:
-                epoch, batches_done = epoch + 1, 0
-            unread_losses.append((step, window_loss))
-            last_grad_norm = grad_norm
-            samples_since_log += window_samples
-            fractional_epoch = epoch + batches_done / batches_per_epoch
-
-            # -- logging: the only place the training loss is read ------------------------------
-            if step % cfg.log_every == 0 or step == max_steps:
-                read_losses()
-                mean_loss = sum(log_window) / len(log_window) if log_window else math.nan
-                if log_window:
-                    smooth = smooth * cfg.smoothing + (1 - cfg.smoothing) * mean_loss
-                    smooth_count += 1
+            # -- logging: the only place the training loss is read ---------------------------------
+            if state.step % cfg.log_every == 0 or last:
+                _read_losses(unread, state, fp16)
                 now = time.perf_counter()
-                log({
-                    "step": step,
-                    "epoch": fractional_epoch,
-                    "loss": mean_loss,
-                    "smooth_loss": smooth / (1 - cfg.smoothing ** smooth_count) if smooth_count else math.nan,
-                    "learning_rate": learning_rate,
-                    "grad_norm": last_grad_norm.item(),
-                    "samples_per_second": samples_since_log / (now - log_clock),
-                    "skipped_steps": skipped_total,
-                })
-                log_window.clear()
+                record = _training_record(state, epoch, result,
+                                          samples_since_log / (now - log_clock))
+                state.history.append(record)
+                if files:
+                    files.append(record)
                 samples_since_log, log_clock = 0, now
 
-            # -- periodic validation and checkpoints ------------------------------------------
-            if step % cfg.eval_every == 0 or step == max_steps:
-                paused = time.perf_counter()
-                read_losses()  # never save a checkpoint after an unnoticed NaN
+            # -- periodic validation and checkpoints; then the hooks -------------------------------
+            paused = time.perf_counter()  # samples_per_second counts training time only
+            if state.step % cfg.eval_every == 0 or last:
+                _read_losses(unread, state, fp16)  # never save a checkpoint after an unseen NaN
                 metrics = evaluate(model, val_loader, loss_fn, device, cfg.precision)
-                log({"step": step, "epoch": fractional_epoch, **metrics})
+                if cfg.metric not in metrics:
+                    raise KeyError(f"cfg.metric {cfg.metric!r} is not among {sorted(metrics)}")
+                record = {"step": state.step, "epoch": epoch, **metrics}
+                state.history.append(record)
                 if files:
-                    save(metrics)
-                log_clock += time.perf_counter() - paused  # samples_per_second is training only
-
-            if hooks:
-                paused = time.perf_counter()
-                state = TrainState(step, max_steps, fractional_epoch, learning_rate,
-                                   skipped_total, history, cfg, model)
-                for hook in hooks:
-                    hook(state)
-                log_clock += time.perf_counter() - paused
-
-            if step >= max_steps:
+                    files.append(record)
+                if per_step_scheduler is None:
+                    scheduler.step(metrics[cfg.metric])  # a plateau schedule: once per evaluation
+                if files:
+                    files.save(state, metrics)
+            view = TrainState(state.step, max_steps, epoch, result.learning_rate,
+                              state.skipped_steps, state.history, cfg, model)
+            stop = _call_hooks(hooks, view)
+            log_clock += time.perf_counter() - paused
+            if stop:
+                _read_losses(unread, state, fp16)
+                if files:
+                    files.save(state)
+                return state.history
+            if last:
                 break
-    return history
+        else:
+            # The loader ran out: the epoch is over, whatever its len() said.
+            if state.batches_done == 0:
+                raise ValueError("the training loader yielded no batches in a whole epoch")
+            state.epoch, state.batches_done, state.epoch_rng = state.epoch + 1, 0, None
+    return state.history

@@ -20,8 +20,11 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, 
     # log_softmax, not log(softmax): the latter gives -inf (and NaN gradients) for large logits.
     log_p = F.log_softmax(logits.float(), dim=-1)
     log_p_t = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    p_t = log_p_t.exp()
-    loss = -((1.0 - p_t) ** gamma) * log_p_t
+    # 1 - p_t through expm1 keeps its precision when p_t is close to 1. Where it is exactly 0, the
+    # derivative of x ** gamma is infinite for gamma < 1 and times 0 gives NaN gradients: a floor at
+    # the smallest normal float keeps it finite, and the clamp passes no gradient there.
+    one_minus_p_t = (-torch.expm1(log_p_t)).clamp_min(torch.finfo(log_p_t.dtype).tiny)
+    loss = -(one_minus_p_t**gamma) * log_p_t
     if alpha is not None:
         alpha = torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
         loss = alpha[targets] * loss

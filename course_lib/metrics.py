@@ -74,11 +74,25 @@ def confusion_matrix(preds, targets, num_classes: int) -> torch.Tensor:
     # An out-of-range class would land in another cell of the flattened matrix, not fail.
     _check_class_range(preds, num_classes, "preds")
     _check_class_range(targets, num_classes, "targets")
-    # Each (true, predicted) pair gets one number, true * K + predicted; counting those numbers
-    # with one bincount fills the whole matrix without a Python loop, on whatever device holds them.
-    pair_index = targets.reshape(-1) * num_classes + preds.reshape(-1)
-    counts = torch.bincount(pair_index, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return confusion_counts(preds, targets, num_classes)[:-1].reshape(num_classes, num_classes)
+
+
+def confusion_counts(preds: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The flattened confusion matrix plus one last count: the pairs with a class out of range.
+
+    Pairs where `keep` is False (padding, ignored targets) are not counted at all. This reads
+    nothing back from the device, so a loop can add up the counts of many batches and check the
+    last one once at the end (`evaluate` does). Each (true, predicted) pair gets one number,
+    true * K + predicted; counting those numbers with one bincount fills the whole matrix without
+    a Python loop.
+    """
+    cells = num_classes * num_classes
+    in_range = (targets >= 0) & (targets < num_classes) & (preds >= 0) & (preds < num_classes)
+    pair_index = torch.where(in_range, targets * num_classes + preds, cells)
+    if keep is not None:
+        pair_index = torch.where(keep, pair_index, cells + 1)  # a bin that is dropped below
+    return torch.bincount(pair_index.reshape(-1), minlength=cells + 2)[: cells + 1]
 
 
 def _ratio_or_nan(numerators: torch.Tensor, denominators: torch.Tensor) -> list[float]:
@@ -125,6 +139,31 @@ def precision_recall(preds, targets, num_classes: int) -> dict:
     }
 
 
+class DebiasedEMA:
+    """The running exponential moving average that `ema_smooth` computes, one value at a time.
+
+    The training loop keeps one to log `smooth_loss`; its state is two numbers, so a checkpoint
+    holds it (`state()`, `from_state()`).
+    """
+
+    def __init__(self, weight: float, last: float = 0.0, count: int = 0):
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"weight must be in [0, 1), got {weight}")
+        self.weight, self.last, self.count = weight, last, count
+
+    def update(self, value: float) -> float:
+        """Add `value` and return the debiased average; NaN and inf pass through, left out."""
+        value = float(value)
+        if not math.isfinite(value):
+            return value
+        self.last = self.last * self.weight + (1.0 - self.weight) * value
+        self.count += 1
+        return self.last / (1.0 - self.weight**self.count)
+
+    def state(self) -> tuple[float, int]:
+        return (self.last, self.count)
+
+
 def ema_smooth(values, weight: float = 0.99) -> list[float]:
     """An exponential moving average of `values`, debiased at the start like TensorBoard's.
 
@@ -133,22 +172,10 @@ def ema_smooth(values, weight: float = 0.99) -> list[float]:
     that pull towards 0, so the first smoothed value equals the first value. NaN and inf values are
     passed through unchanged and left out of the average, so one bad step does not hide the rest.
     """
-    if not 0.0 <= weight < 1.0:
-        raise ValueError(f"weight must be in [0, 1), got {weight}")
+    average = DebiasedEMA(weight)
     if isinstance(values, torch.Tensor):
         values = values.tolist()
-    smoothed = []
-    last = 0.0
-    count = 0
-    for value in values:
-        value = float(value)
-        if not math.isfinite(value):
-            smoothed.append(value)
-            continue
-        last = last * weight + (1.0 - weight) * value
-        count += 1
-        smoothed.append(last / (1.0 - weight**count))
-    return smoothed
+    return [average.update(value) for value in values]
 
 
 def _quantile_key(q: float) -> str:

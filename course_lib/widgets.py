@@ -30,7 +30,7 @@ from course_lib.plots import (
     plot_lr_schedule,
     plot_relative_error,
 )
-from course_lib.schedules import MULTIPLIERS, schedule_curve
+from course_lib.schedules import WITHOUT_WARMUP, schedule_curve
 
 # ---- shared ---------------------------------------------------------------------------------
 
@@ -163,52 +163,24 @@ def imbalance_explorer(train_and_eval, rare_class: int = 0,
 
 # ---- learning-rate schedules (lesson 02) ----------------------------------------------------
 
-SCHEDULE_KINDS = ("warmup_cosine", "warmup_linear", "constant", "step", "onecycle")
-
-
-def _torch_scheduler_curve(make_scheduler, total_steps: int) -> list[float]:
-    # A throwaway optimizer with base LR 1.0, so the recorded LR is the multiplier itself.
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = make_scheduler(optimizer)
-    curve = []
-    for step in range(total_steps):
-        curve.append(optimizer.param_groups[0]["lr"])
-        if step < total_steps - 1:
-            optimizer.step()  # stepping the optimizer first is the order the scheduler expects
-            scheduler.step()
-    return curve
+SCHEDULE_KINDS = ("warmup_cosine", "warmup_linear", "constant", "step", "cosine", "onecycle")
 
 
 def schedule_explorer_curve(kind: str, warmup_steps: int, total_steps: int,
                             min_lr_ratio: float = 0.0) -> list[float]:
     """The LR multiplier at each of `total_steps` optimizer steps for one schedule kind.
 
-    "warmup_cosine", "warmup_linear" and "constant" (after the warmup) use the multipliers of
-    `course_lib.schedules`, the ones `fit` uses. "step" is torch's StepLR (x0.1 every third of the
-    run; warmup and minimum do not apply). "onecycle" is torch's OneCycleLR, rising over the warmup
-    and ending at `min_lr_ratio` (or its default of 1/250000 of the peak when that is 0).
+    The curve comes from the scheduler `fit` builds for `TrainConfig.schedule = kind`
+    (`course_lib.schedules.schedule_curve`). "step" decays x0.1 every third of the run and
+    "cosine" has no warmup, so the warmup slider leaves them alone; "onecycle" rises over the
+    warmup and ends at `min_lr_ratio` (or 1/250000 of the peak when that is 0).
     """
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be at least 1, got {total_steps}")
-    warmup_steps = max(0, min(warmup_steps, total_steps))
-    if kind in MULTIPLIERS:
-        return schedule_curve(kind, warmup_steps, total_steps, min_lr_ratio)
-    if kind == "step":
-        step_size = max(1, total_steps // 3)
-        return _torch_scheduler_curve(
-            lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=0.1),
-            total_steps)
-    if kind == "onecycle":
-        # OneCycleLR starts at max_lr / div_factor (25) and ends at that divided by
-        # final_div_factor; choose the latter so the end is min_lr_ratio of the peak.
-        final_div_factor = 1.0 / (25.0 * min_lr_ratio) if min_lr_ratio > 0 else 1e4
-        pct_start = min(max(warmup_steps, 1) / total_steps, 0.99)
-        return _torch_scheduler_curve(
-            lambda opt: torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=1.0, total_steps=total_steps, pct_start=pct_start,
-                final_div_factor=final_div_factor),
-            total_steps)
-    raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
+    warmup_steps = 0 if kind in WITHOUT_WARMUP else max(0, min(warmup_steps, total_steps))
+    return schedule_curve(kind, warmup_steps, total_steps, min_lr_ratio)
 
 
 def schedule_explorer(total_steps: int = 1000, warmup_steps: int | None = None,

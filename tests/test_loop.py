@@ -15,16 +15,20 @@ from torch.utils.data import TensorDataset
 
 from course_lib import (
     MLP,
+    STOP,
     History,
     NonFiniteLossError,
     SmallCNN,
     TrainConfig,
+    ema_smooth,
     evaluate,
     fit,
     load_checkpoint,
     load_digits_splits,
     make_loader,
+    schedule_curve,
     seed_everything,
+    train_step,
 )
 from course_lib.schedules import warmup_cosine_multiplier
 
@@ -359,18 +363,51 @@ def test_history_keeps_nan_through_json(tmp_path):
 
 def test_hook_exception_stops_the_run():
     cfg = TrainConfig(max_steps=10, batch_size=64, eval_every=100)
+    seen = []
     with pytest.raises(Interrupt):
-        fit(fresh_model(), *digits_loaders(cfg), cfg, hooks=[interrupt_at(3)])
+        fit(fresh_model(), *digits_loaders(cfg), cfg,
+            hooks=[interrupt_at(3), lambda state: seen.append(state.step)])
+    assert seen == [1, 2]  # the run stopped at the raising hook, before the next one and step 4
 
 
 def test_hooks_see_a_read_only_state():
     cfg = TrainConfig(max_steps=2, batch_size=64, eval_every=100)
+    refused = []
 
     def hook(state):
-        with pytest.raises(AttributeError):
+        try:
             state.step = 99
+        except AttributeError:
+            refused.append(state.step)
 
     fit(fresh_model(), *digits_loaders(cfg), cfg, hooks=[hook])
+    assert refused == [1, 2]
+
+
+def test_a_hook_returning_stop_ends_the_run_cleanly_and_it_resumes(tmp_path):
+    cfg = TrainConfig(**RESUME_RUN, out_dir=str(tmp_path / "run"))
+    stop_at_5 = lambda state: STOP if state.step == 5 else None
+    model = fresh_model(dropout=0.2)
+    seen = []
+    history = fit(model, *resume_loaders(cfg, 0), cfg, hooks=[stop_at_5, lambda s: seen.append(s.step)])
+    assert seen == [1, 2, 3, 4, 5]  # every hook ran at the stopping step, none after it
+    assert history[-1]["step"] == 4  # the last record (log_every=3, eval_every=2) stays the last
+    latest = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert latest["step"] == 5
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(latest["model"][name], tensor), name
+    reference_weights, reference_history = reference_run(0)
+    resumed_model = fresh_model(seed=3, dropout=0.2)
+    resumed = fit(resumed_model, *resume_loaders(cfg, 0), cfg, resume_from=cfg.out_dir)
+    assert resumed.without_timing() == reference_history
+    for name, tensor in reference_weights.items():
+        assert torch.equal(resumed_model.state_dict()[name], tensor), name
+
+
+def test_a_hook_returning_anything_else_is_an_error():
+    cfg = TrainConfig(max_steps=3, batch_size=64, eval_every=100)
+    with pytest.raises(TypeError, match="returns None, or 'stop'"):
+        fit(fresh_model(), *digits_loaders(cfg), cfg, hooks=[lambda state: True])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -388,3 +425,278 @@ def test_samples_per_second_leaves_out_evaluation_and_hooks():
     history = fit(fresh_model(), *digits_loaders(cfg), cfg, hooks=[slow_hook])
     # Four steps of 64 samples take far less than the 0.2 s the hook slept in that window.
     assert all(r["samples_per_second"] > 4 * 64 / 0.2 for r in history.train)
+
+
+def test_smooth_loss_is_ema_smooth_of_the_logged_losses():
+    cfg = TrainConfig(max_steps=30, batch_size=32, log_every=3, eval_every=100, smoothing=0.8)
+    history = fit(fresh_model(), *digits_loaders(cfg), cfg)
+    losses = [r["loss"] for r in history.train]
+    assert [r["smooth_loss"] for r in history.train] == ema_smooth(losses, 0.8)
+
+
+# ---- train_step: one optimizer step over a window -------------------------------------------------
+
+
+def gradients_of(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of the gradients it stepped with."""
+
+    def step(self, closure=None):
+        self.seen = [p.grad.clone() for g in self.param_groups for p in g["params"]]
+        self.steps = getattr(self, "steps", 0) + 1
+        return super().step(closure)
+
+
+def test_train_step_over_unequal_micro_batches_equals_one_big_batch():
+    inputs, targets = load_digits_splits().train.tensors
+    inputs, targets = inputs[:45], targets[:45]
+    window = [(inputs[:16], targets[:16]), (inputs[16:40], targets[16:40]), (inputs[40:], targets[40:])]
+    model = fresh_model()
+    optimizer = RecordingSGD(model.parameters(), lr=0.0)
+    result = train_step(model, window, nn.functional.cross_entropy, optimizer)
+    reference = fresh_model()
+    loss = nn.functional.cross_entropy(reference(inputs), targets)
+    loss.backward()
+    assert optimizer.steps == 1 and result.samples == 45 and not result.skipped
+    assert result.loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for seen, expected in zip(optimizer.seen, gradients_of(reference)):
+        torch.testing.assert_close(seen, expected, rtol=1e-5, atol=1e-7)
+
+
+def sequence_batch(generator, batch, length, classes=4, features=3):
+    """Sequences padded to `length`: inputs [B, T, F], targets [B, T], mask [B, T]."""
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    mask = torch.arange(length) < lengths[:, None]
+    inputs = torch.randn(batch, length, features, generator=generator)
+    targets = torch.randint(0, classes, (batch, length), generator=generator)
+    return inputs, targets, mask
+
+
+def per_token_reference(model, batches):
+    """The mean cross-entropy over every real token of every batch, computed at once."""
+    logits = torch.cat([model(x)[m] for x, _, m in batches])
+    return nn.functional.cross_entropy(logits, torch.cat([t[m] for _, t, m in batches]))
+
+
+def test_train_step_weights_padded_sequences_by_their_real_tokens():
+    generator = torch.Generator().manual_seed(0)
+    # Micro-batches with very different numbers of real tokens: a plain per-batch mean, or a
+    # weighting by len(targets), gives a different gradient.
+    window = [sequence_batch(generator, 4, 12), sequence_batch(generator, 6, 3)]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    optimizer = RecordingSGD(model.parameters(), lr=0.0)
+    result = train_step(model, window, nn.functional.cross_entropy, optimizer)
+    reference = per_token_reference(model, window)
+    model.zero_grad()
+    reference.backward()
+    assert result.loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    for seen, expected in zip(optimizer.seen, gradients_of(model)):
+        torch.testing.assert_close(seen, expected, rtol=1e-5, atol=1e-7)
+
+
+def masked_cross_entropy(logits, targets):
+    """A loss that handles its own padding (-1) and says how many tokens its mean is over."""
+    real = targets >= 0
+    return nn.functional.cross_entropy(logits[real], targets[real]), int(real.sum())
+
+
+@pytest.mark.parametrize("loss_fn", [nn.CrossEntropyLoss(ignore_index=-1), masked_cross_entropy],
+                         ids=["ignore_index", "returns_a_count"])
+def test_train_step_counts_the_items_a_loss_averages(loss_fn):
+    generator = torch.Generator().manual_seed(1)
+    window = []
+    for batch, length in ((5, 10), (3, 2), (7, 6)):
+        inputs, targets, mask = sequence_batch(generator, batch, length)
+        window.append((inputs.reshape(-1, 3), torch.where(mask, targets, -1).reshape(-1)))
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    optimizer = RecordingSGD(model.parameters(), lr=0.0)
+    result = train_step(model, window, loss_fn, optimizer)
+    inputs, targets = torch.cat([x for x, _ in window]), torch.cat([t for _, t in window])
+    model.zero_grad()
+    reference = nn.functional.cross_entropy(model(inputs), targets, ignore_index=-1)
+    reference.backward()
+    assert result.loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    for seen, expected in zip(optimizer.seen, gradients_of(model)):
+        torch.testing.assert_close(seen, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_leaves_the_schedule_alone_when_the_scaler_skips():
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    scaler = torch.amp.GradScaler("cpu")
+    inputs, targets = load_digits_splits().train.tensors
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_step(model, [(inputs[:8], targets[:8])], PoisonedLoss({1}), optimizer,
+                        scheduler=scheduler, scaler=scaler, precision="fp16")
+    assert result.skipped and scheduler.last_epoch == 0
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    result = train_step(model, [(inputs[:8], targets[:8])], nn.functional.cross_entropy,
+                        optimizer, scheduler=scheduler, scaler=scaler, precision="fp16")
+    assert not result.skipped and scheduler.last_epoch == 1
+
+
+# ---- evaluation of padded and ignored items --------------------------------------------------------
+
+
+def test_evaluate_weights_masked_batches_by_their_real_items():
+    generator = torch.Generator().manual_seed(2)
+    batches = [sequence_batch(generator, batch, length) for batch, length in ((4, 9), (6, 2), (1, 5))]
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    result = evaluate(model, batches)
+    with torch.no_grad():
+        reference = per_token_reference(model, batches)
+        logits = torch.cat([model(x)[m] for x, _, m in batches])
+    targets = torch.cat([t[m] for _, t, m in batches])
+    assert result["eval_loss"] == pytest.approx(reference.item(), rel=1e-6)
+    assert result["eval_accuracy"] == pytest.approx((logits.argmax(-1) == targets).double().mean().item())
+
+
+def test_evaluate_leaves_ignored_targets_out_of_loss_and_accuracy():
+    inputs, targets = load_digits_splits().val.tensors
+    targets = targets.clone()
+    targets[::3] = -100  # a third of the items do not count
+    model = fresh_model()
+    result = evaluate(model, make_loader(TensorDataset(inputs, targets), 50))
+    kept = targets != -100
+    with torch.no_grad():
+        logits = model(inputs)
+    expected_loss = nn.functional.cross_entropy(logits, targets).item()  # ignores -100 itself
+    assert result["eval_loss"] == pytest.approx(expected_loss, rel=1e-6)
+    expected_accuracy = (logits.argmax(-1)[kept] == targets[kept]).double().mean().item()
+    assert result["eval_accuracy"] == pytest.approx(expected_accuracy)
+
+
+def test_evaluate_reads_the_device_once_however_many_batches(monkeypatch):
+    reads = []
+    for name in ("item", "tolist", "cpu", "__int__", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=original, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    splits = load_digits_splits()
+    model = fresh_model()
+    counts = []
+    for batch_size in (270, 10):  # one batch, then 27
+        reads.clear()
+        evaluate(model, make_loader(splits.val, batch_size))
+        counts.append(len(reads))
+    assert counts[0] == counts[1], f"reads with 1 batch: {counts[0]}, with 27: {counts[1]}"
+
+
+def test_evaluate_names_a_target_class_out_of_range():
+    inputs, targets = load_digits_splits().val.tensors
+    targets = targets.clone()
+    targets[5] = 10
+    with pytest.raises(ValueError, match="1 item.*outside 0..9"):
+        evaluate(fresh_model(), make_loader(TensorDataset(inputs, targets), 64),
+                 loss_fn=lambda logits, t: logits.sum() * 0)
+
+
+# ---- loaders that misbehave -----------------------------------------------------------------------
+
+
+class ShortLoader:
+    """A loader whose len() claims more batches than it yields (a filtered or sharded stream)."""
+
+    def __init__(self, batches, claimed):
+        self.batches, self.claimed = batches, claimed
+
+    def __len__(self):
+        return self.claimed
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_a_training_loader_with_no_batches_is_an_error_not_a_hang():
+    cfg = TrainConfig(max_steps=5, batch_size=64, eval_every=100)
+    val_loader = digits_loaders(cfg)[1]
+    with pytest.raises(ValueError, match="yielded no batches"):
+        fit(fresh_model(), ShortLoader([], claimed=3), val_loader, cfg)
+    with pytest.raises(ValueError, match="no batches"):
+        fit(fresh_model(), ShortLoader([], claimed=0), val_loader, cfg.replace(max_steps=0, epochs=2))
+
+
+def test_a_loader_shorter_than_its_len_does_not_make_the_next_epoch_skip_batches():
+    inputs, targets = load_digits_splits().train.tensors
+    batches = [(inputs[i * 8:(i + 1) * 8], torch.full((8,), i)) for i in range(7)]
+    seen = []
+
+    def loss_fn(logits, batch_targets):
+        seen.append(int(batch_targets[0]))
+        return nn.functional.cross_entropy(logits, batch_targets)
+
+    cfg = TrainConfig(max_steps=14, batch_size=8, eval_every=100)
+    val_loader = digits_loaders(cfg)[1]
+    fit(fresh_model(), ShortLoader(batches, claimed=10), val_loader, cfg,
+        loss_fn=lambda logits, t: loss_fn(logits, t) if logits.requires_grad else
+        nn.functional.cross_entropy(logits, t))
+    assert seen == list(range(7)) * 2
+
+
+# ---- schedules fit runs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule,options", [
+    ("step", dict(decay_every=4, decay_factor=0.5)),
+    ("step", dict()),
+    ("cosine", dict(min_lr_ratio=0.1)),
+    ("onecycle", dict(warmup_steps=4)),
+    ("warmup_linear", dict(warmup_steps=3)),
+])
+def test_fit_steps_each_schedule_once_per_optimizer_step_as_its_curve_says(schedule, options):
+    cfg = TrainConfig(max_steps=15, batch_size=64, lr=0.01, log_every=1, eval_every=100,
+                      schedule=schedule, **options)
+    history = fit(fresh_model(), *digits_loaders(cfg), cfg)
+    curve = schedule_curve(schedule, cfg.warmup_steps, 15, cfg.min_lr_ratio,
+                           decay_every=cfg.decay_every, decay_factor=cfg.decay_factor)
+    assert [r["learning_rate"] for r in history.train] == pytest.approx([0.01 * m for m in curve])
+    assert len(set(curve)) > 2, "the curve should change over the run"
+
+
+def test_step_schedule_decays_by_its_factor_every_decay_every_steps():
+    curve = schedule_curve("step", 0, 12, decay_every=4, decay_factor=0.5)
+    assert curve == pytest.approx([1.0] * 4 + [0.5] * 4 + [0.25] * 4)
+    assert schedule_curve("step", 0, 9)[3] == pytest.approx(0.1)  # default: a third of the run
+
+
+def test_cosine_and_onecycle_curves_have_their_documented_shape():
+    cosine = schedule_curve("cosine", 0, 100, min_lr_ratio=0.1)
+    expected = [0.1 + 0.9 * (1 + math.cos(math.pi * k / 100)) / 2 for k in range(100)]
+    assert cosine == pytest.approx(expected, abs=1e-9)
+    onecycle = schedule_curve("onecycle", 10, 100, min_lr_ratio=0.01)
+    assert onecycle[0] == pytest.approx(1 / 25) and max(onecycle) == pytest.approx(1.0)
+    assert onecycle.index(max(onecycle)) == pytest.approx(10, abs=1)
+    assert onecycle[-1] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("direction,drops", [("max", True), ("min", False)])
+def test_plateau_lowers_the_lr_after_patience_evaluations_without_improvement(direction, drops):
+    # The validation loss falls at every evaluation: an improvement when smaller is better
+    # ("min"), a run of bad evaluations when larger is ("max").
+    cfg = TrainConfig(max_steps=24, batch_size=64, lr=3e-3, log_every=1, eval_every=4,
+                      schedule="plateau", patience=2, decay_factor=0.5, metric="eval_loss",
+                      metric_direction=direction)
+    history = fit(fresh_model(), *digits_loaders(cfg), cfg)
+    losses = [r["eval_loss"] for r in history.eval]
+    assert all(b < a * (1 - 1e-4) for a, b in zip(losses, losses[1:])), "the loss should fall"
+    rates = {r["step"]: r["learning_rate"] for r in history.train}
+    # Evaluations come after steps 4, 8, ...; a change shows from the next step on.
+    expected = 3e-3 * 0.5 if drops else 3e-3
+    assert rates[16] == 3e-3  # three evaluations: the third is only the second bad one
+    assert rates[17] == pytest.approx(expected)  # after the fourth: patience 2 exceeded
+    assert all(rates[s] == 3e-3 for s in range(1, 17))
+
+
+def test_plateau_curve_follows_the_metrics_it_is_given():
+    curve = schedule_curve("plateau", 0, 20, metrics=[1.0, 1.0, 1.0, 1.0, 0.5], eval_every=4,
+                           direction="min", patience=2, decay_factor=0.5)
+    assert curve == [1.0] * 16 + [0.5] * 4
+    with pytest.raises(ValueError, match="metrics="):
+        schedule_curve("plateau", 0, 20)

@@ -277,7 +277,8 @@ def test_live_view_widgets_mode_updates_bar_label_and_plot(capsys):
     assert "course-live-view" in box._dom_classes
     progress = find_child(box, "course-live-progress")
     plot = find_child(box, "course-live-plot")
-    assert progress.value == 1 and progress.description == "step 1/20"
+    assert progress.value == 1 and progress.max == 20
+    assert "1/20" in view._widgets["bar"].container.children[2].value  # tqdm's count and rate
     assert plot.outputs == ()  # no evaluation yet: nothing to redraw
     history.append(_eval_record(2))
     view(_state(history, 2))
