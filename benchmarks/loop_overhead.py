@@ -99,12 +99,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--models", default="SmallCNN,MLP", help="comma-separated: SmallCNN, MLP")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"{'model':<10}{'precision':<10}{'hand s':>9}{'fit s':>9}{'ratio':>8}{'median':>9}"
           "    same loss")
     cases = [("SmallCNN", lambda: SmallCNN(), True), ("MLP", lambda: MLP(), False)]
+    cases = [case for case in cases if case[0] in args.models.split(",")]
     for name, make_model, images in cases:
         for precision in ("fp32", "bf16"):
             # log_every=1 makes the two loops read the same, final, step's loss.

@@ -41,11 +41,8 @@ from urllib.parse import unquote, urlparse
 KERNEL_NAME = "training-loops"
 KERNEL_DISPLAY_NAME = "Python (training loops)"
 
-# The oldest versions that pyproject.toml accepts.
-MIN_PYTHON = (3, 10)
-MIN_TORCH = (2, 3)
-MIN_JUPYTERLAB = (4, 0)
-MIN_IPYWIDGETS = (8, 0)
+# The oldest versions are not written here: `declared_minimums` reads them from what pyproject.toml
+# declares, so that the doctor and the installer cannot disagree.
 
 # ipywidgets talks to JupyterLab through the jupyterlab_widgets extension, and each ipywidgets major
 # version speaks to exactly one major version of it: a mismatch shows "Loading widget..." forever.
@@ -102,6 +99,63 @@ def version_tuple(version: str) -> tuple[int, ...]:
     """(2, 13) from "2.13.0+cpu": the leading numbers, enough to compare against a minimum."""
     numbers = re.match(r"\d+(?:\.\d+)*", version)
     return tuple(int(part) for part in numbers.group(0).split(".")) if numbers else ()
+
+
+def minimums_from_requirements(requires_python: str | None, requirements: list[str]) -> dict:
+    """{"python": (3, 11), "torch": (2, 6), ...}: each `>=` floor of the given requirements.
+
+    `requirements` are lines such as "torch>=2.6" or 'pytest>=7.4; extra == "test"'; those that
+    only an extra needs are left out. Names are lower-case with "-" (scikit-learn).
+    """
+    found = {}
+    python_floor = re.search(r">=\s*([\d.]+)", requires_python or "")
+    if python_floor:
+        found["python"] = version_tuple(python_floor.group(1))
+    for line in requirements:
+        if "extra" in line.partition(";")[2]:
+            continue
+        match = re.match(r"\s*([A-Za-z0-9][\w.-]*)\s*(?:\[[^\]]*\])?\s*\(?([^;]*)", line)
+        floor = re.search(r">=\s*([\d.]+)", match.group(2)) if match else None
+        if floor:
+            name = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            found[name] = version_tuple(floor.group(1))
+    return found
+
+
+def _pyproject_requirements(pyproject: Path) -> tuple[str | None, list[str]]:
+    """requires-python and [project] dependencies, read without tomllib (Python 3.11+ only)."""
+    text = pyproject.read_text(encoding="utf-8")
+    requires_python = re.search(r'^requires-python\s*=\s*"([^"]*)"', text, re.MULTILINE)
+    dependencies = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.MULTILINE | re.DOTALL)
+    lines = re.findall(r'^\s*"([^"]+)"', dependencies.group(1), re.MULTILINE) if dependencies else []
+    return (requires_python.group(1) if requires_python else None), lines
+
+
+def declared_minimums() -> dict:
+    """The oldest versions the workbook declares, from the installed course-lib's metadata.
+
+    pip writes that metadata from pyproject.toml when it installs course-lib. Where course-lib is
+    not installed (the doctor run as a file), the checkout's pyproject.toml is read instead; {} when
+    neither can be found.
+    """
+    try:
+        metadata = importlib.metadata.metadata("course-lib")
+    except importlib.metadata.PackageNotFoundError:
+        checkout = find_checkout(Path.cwd()) or find_checkout(course_lib_folder())
+        if checkout is None:
+            return {}
+        return minimums_from_requirements(*_pyproject_requirements(checkout / "pyproject.toml"))
+    return minimums_from_requirements(metadata.get("Requires-Python"),
+                                      metadata.get_all("Requires-Dist") or [])
+
+
+def too_old(version: str | tuple, name: str) -> str | None:
+    """"3.11" when `version` is below the declared minimum for `name`, else None."""
+    minimum = declared_minimums().get(name)
+    version = version_tuple(version) if isinstance(version, str) else tuple(version)
+    if minimum and version[: len(minimum)] < minimum:
+        return ".".join(str(part) for part in minimum)
+    return None
 
 
 def running_in_kernel() -> bool:
@@ -171,13 +225,14 @@ def labextension_folders() -> list[Path]:
 def check_python(version_info: tuple | None = None) -> Finding:
     version_info = tuple(sys.version_info if version_info is None else version_info)
     found = ".".join(str(part) for part in version_info[:3])
-    if version_info[:2] < MIN_PYTHON:
+    minimum = too_old(version_info[:3], "python")
+    if minimum:
         return Finding(
             "Python",
             found,
-            problem=f"Python {found} is too old: the workbook needs 3.10 or newer",
-            fix="use Python 3.10+, then `make lab` "
-            "(for example `make clean && make lab PYTHON=python3.11`)",
+            problem=f"Python {found} is too old: the workbook needs {minimum} or newer",
+            fix=f"use Python {minimum}+, then `make lab` "
+            "(for example `make clean && make lab PYTHON=python3.12`)",
         )
     return Finding("Python", found)
 
@@ -203,12 +258,13 @@ def check_torch() -> Finding:
     else:
         build = "CPU build"
     found = f"{version} ({build})"
-    if version_tuple(version)[:2] < MIN_TORCH:
+    minimum = too_old(version, "torch")
+    if minimum:
         return Finding(
             "PyTorch",
             found,
-            problem=f"PyTorch {version} is too old: the workbook needs 2.3 or newer",
-            fix="`make lab`, or `make lab TORCH=...` naming a build that is 2.3 or newer",
+            problem=f"PyTorch {version} is too old: the workbook needs {minimum} or newer",
+            fix=f"`make lab`, or `make lab TORCH=...` naming a build that is {minimum} or newer",
         )
     return Finding("PyTorch", found)
 
@@ -226,11 +282,12 @@ def check_jupyterlab(in_kernel: bool) -> Finding:
             )
         return Finding("JupyterLab", "not installed", problem="JupyterLab is not installed",
                        fix="`make lab`")
-    if version_tuple(version)[:2] < MIN_JUPYTERLAB:
+    minimum = too_old(version, "jupyterlab")
+    if minimum:
         return Finding(
             "JupyterLab",
             version,
-            problem=f"JupyterLab {version} is too old: the workbook needs 4.0 or newer",
+            problem=f"JupyterLab {version} is too old: the workbook needs {minimum} or newer",
             fix="`make lab` (or `pip install -U jupyterlab`)",
         )
     return Finding("JupyterLab", version)
@@ -246,11 +303,11 @@ def check_ipywidgets() -> Finding:
             "cannot run",
             fix=WIDGETS_FIX,
         )
-    if version_tuple(version)[:2] < MIN_IPYWIDGETS:
+    if too_old(version, "ipywidgets"):
         return Finding(
             "ipywidgets",
             version,
-            problem=f"ipywidgets {version} is older than 8: widgets show as text such as "
+            problem=f"ipywidgets {version} is too old: widgets show as text such as "
             "`IntSlider(value=0)` instead of controls",
             fix=WIDGETS_FIX,
         )
@@ -270,7 +327,7 @@ def check_jupyterlab_widgets(in_kernel: bool) -> Finding:
             fix=WIDGETS_FIX,
         )
     ipywidgets_version = installed_version("ipywidgets")
-    if ipywidgets_version is None or version_tuple(ipywidgets_version)[:2] < MIN_IPYWIDGETS:
+    if ipywidgets_version is None or too_old(ipywidgets_version, "ipywidgets"):
         return Finding("jupyterlab_widgets", f"{version}; widgets render once ipywidgets is fixed")
     ipywidgets_major = version_tuple(ipywidgets_version)[0]
     wanted_major = JUPYTERLAB_WIDGETS_MAJOR_FOR_IPYWIDGETS_MAJOR.get(ipywidgets_major)
@@ -333,6 +390,14 @@ def check_scikit_learn() -> Finding:
             "not installed",
             problem="scikit-learn is not installed: the lessons take their datasets from it",
             fix="`make lab`",
+        )
+    minimum = too_old(version, "scikit-learn")
+    if minimum:
+        return Finding(
+            "scikit-learn",
+            version,
+            problem=f"scikit-learn {version} is too old: the workbook needs {minimum} or newer",
+            fix="`make lab` (or `pip install -U scikit-learn`)",
         )
     return Finding("scikit-learn", version)
 

@@ -220,13 +220,14 @@ def count_items(loss_fn, targets: torch.Tensor):
     return (weight[torch.where(counted, targets, 0)] * counted).sum()
 
 
-def batch_loss(model: nn.Module, batch, loss_fn, device: torch.device):
+def batch_loss(model: nn.Module, batch, loss_fn, device: torch.device, count: bool = True):
     """Forward one batch: (logits, the targets that count, the mean loss, the items it averaged).
 
     A batch is (inputs, targets), or (inputs, targets, mask) where `mask` has the targets' shape
     and is True for the items that count and False for padding; with a mask the logits must hold
     the classes in their last dimension. `loss_fn(logits, targets)` returns either the mean loss,
-    whose items `count_items` counts, or a pair (mean loss, number of items it averaged).
+    whose items `count_items` counts (unless `count` is False: then the items are None), or a pair
+    (mean loss, number of items it averaged).
     """
     inputs, targets, *mask = (tensor.to(device, non_blocking=True) for tensor in batch)
     logits = model(inputs)
@@ -234,8 +235,9 @@ def batch_loss(model: nn.Module, batch, loss_fn, device: torch.device):
         keep = mask[0].bool()
         logits, targets = logits[keep], targets[keep]
     result = loss_fn(logits, targets)
-    loss, items = result if isinstance(result, tuple) else (result, count_items(loss_fn, targets))
-    return logits, targets, loss, items
+    if isinstance(result, tuple):
+        return logits, targets, *result
+    return logits, targets, result, count_items(loss_fn, targets) if count else None
 
 
 def train_step(model: nn.Module, window, loss_fn, optimizer, *, scheduler=None, scaler=None,
@@ -249,22 +251,25 @@ def train_step(model: nn.Module, window, loss_fn, optimizer, *, scheduler=None, 
     """
     device = device or next(model.parameters()).device
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    # The model's order, not the optimizer's groups': the gradient norm sums in this order.
+    parameters = [p for p in model.parameters() if p.requires_grad]
     window_loss, window_items, samples, reference = 0.0, 0, 0, None
     for batch in window:
         with autocast_context(device, precision):
-            _, _, loss, items = batch_loss(model, batch, loss_fn, device)
+            _, _, loss, items = batch_loss(model, batch, loss_fn, device, count=len(window) > 1)
         # Each micro-batch counts in proportion to its items, but the window's total is known only
         # after its last forward (a loss may report its own count). So each loss is weighted by its
         # items relative to the first micro-batch's, and the gradients are rescaled by first/total
         # at the end: the same as weighting by items/total, with the loss kept at the size of one
         # micro-batch's, as fp16 loss scaling needs. A window of one micro-batch needs neither.
-        if reference is None:
-            reference = items if isinstance(items, int) else items.clamp(min=1)
-        weighted = loss * (items / reference) if len(window) > 1 else loss
+        weighted = loss
+        if len(window) > 1:
+            if reference is None:
+                reference = items if isinstance(items, int) else items.clamp(min=1)
+            weighted = loss * (items / reference)
+            window_items = window_items + items
         scaler.scale(weighted).backward()
         window_loss = window_loss + weighted.detach().float()
-        window_items = window_items + items
         samples += len(batch[0])
 
     scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
@@ -447,6 +452,12 @@ def _training_record(state: RunState, epoch: float, result: StepResult, samples_
     }
 
 
+def _log(state: RunState, files: _RunFiles | None, record: dict) -> None:
+    state.history.append(record)
+    if files:
+        files.append(record)
+
+
 def _call_hooks(hooks, view: TrainState) -> bool:
     """Call every hook; True when one of them returned STOP."""
     stop = False
@@ -580,11 +591,8 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
             if state.step % cfg.log_every == 0 or last:
                 _read_losses(unread, state, fp16)
                 now = time.perf_counter()
-                record = _training_record(state, epoch, result,
-                                          samples_since_log / (now - log_clock))
-                state.history.append(record)
-                if files:
-                    files.append(record)
+                _log(state, files, _training_record(state, epoch, result,
+                                                    samples_since_log / (now - log_clock)))
                 samples_since_log, log_clock = 0, now
 
             # -- periodic validation and checkpoints; then the hooks -------------------------------
@@ -594,17 +602,14 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
                 metrics = evaluate(model, val_loader, loss_fn, device, cfg.precision)
                 if cfg.metric not in metrics:
                     raise KeyError(f"cfg.metric {cfg.metric!r} is not among {sorted(metrics)}")
-                record = {"step": state.step, "epoch": epoch, **metrics}
-                state.history.append(record)
-                if files:
-                    files.append(record)
+                _log(state, files, {"step": state.step, "epoch": epoch, **metrics})
                 if per_step_scheduler is None:
                     scheduler.step(metrics[cfg.metric])  # a plateau schedule: once per evaluation
                 if files:
                     files.save(state, metrics)
-            view = TrainState(state.step, max_steps, epoch, result.learning_rate,
-                              state.skipped_steps, state.history, cfg, model)
-            stop = _call_hooks(hooks, view)
+            stop = hooks and _call_hooks(hooks, TrainState(
+                state.step, max_steps, epoch, result.learning_rate, state.skipped_steps,
+                state.history, cfg, model))
             log_clock += time.perf_counter() - paused
             if stop:
                 _read_losses(unread, state, fp16)

@@ -7,6 +7,7 @@ kernel that is not registered) and checks the one finding that should notice it.
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,20 @@ def hide_module(monkeypatch, name):
 def pretend_version(monkeypatch, versions):
     """Report the given versions (module name -> version) and the real ones for other modules."""
     real = doctor.installed_version
-    monkeypatch.setattr(doctor, "installed_version", lambda name: versions.get(name) or real(name))
+    monkeypatch.setattr(doctor, "installed_version",
+                        lambda name, *rest: versions.get(name) or real(name, *rest))
+
+
+def pyproject_minimums():
+    """The floors this checkout's pyproject.toml declares, read with tomllib (not the doctor's way)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return doctor.minimums_from_requirements(project["requires-python"], project["dependencies"])
+
+
+@pytest.fixture
+def declared(monkeypatch):
+    """The doctor judges by this checkout's pyproject.toml, whatever is installed."""
+    monkeypatch.setattr(doctor, "declared_minimums", pyproject_minimums)
 
 
 # ---- the environment the tests run in ------------------------------------------------------------
@@ -52,15 +66,70 @@ def test_the_device_is_the_one_the_training_loop_picks():
 # ---- one broken thing at a time ------------------------------------------------------------------
 
 
-def test_python_older_than_3_10_is_a_problem_fixed_by_a_newer_python():
-    finding = doctor.check_python((3, 9, 18))
+# ---- the minimum versions ----------------------------------------------------------------------
+
+
+def test_the_doctor_reads_the_floors_pyproject_declares_from_the_installed_metadata():
+    install = doctor.course_lib_install()
+    if install is None or install["folder"] != ROOT:
+        pytest.skip(f"course-lib is installed from {install and install['folder']}, not {ROOT}")
+    assert doctor.declared_minimums() == pyproject_minimums(), (
+        "the installed course-lib was built from another pyproject.toml: run `make test` again "
+        "(it reinstalls when pyproject.toml changes) or `pip install -e .`")
+
+
+# What sets each floor: the newest feature the code uses, and the release that introduced it.
+FLOOR_REASONS = [
+    ("python", (3, 11), "course_lib/config.py", "import tomllib"),
+    ("torch", (2, 6), "course_lib/loop.py", "nn.utils.get_total_norm("),
+    ("scikit-learn", (1, 4), "tests/test_metrics.py", "skm.root_mean_squared_error("),
+]
+
+
+@pytest.mark.parametrize("name, version, path, use", FLOOR_REASONS)
+def test_each_floor_is_the_release_that_the_code_needs(name, version, path, use):
+    assert use in (ROOT / path).read_text(), (
+        f"{path} no longer uses {use!r}: {name}'s floor may be lower than {version}")
+    assert pyproject_minimums()[name] == version
+
+
+def test_minimums_leave_out_extras_and_normalise_names():
+    found = doctor.minimums_from_requirements(
+        ">=3.11", ["torch>=2.6", "Scikit_Learn >=1.4,<2", 'pytest>=7.4; extra == "test"',
+                   "numpy", "tqdm[notebook]>=4.66"])
+    assert found == {"python": (3, 11), "torch": (2, 6), "scikit-learn": (1, 4), "tqdm": (4, 66)}
+
+
+def test_without_an_installed_course_lib_the_checkout_s_pyproject_is_read(monkeypatch):
+    def not_installed(name):
+        raise doctor.importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(doctor.importlib.metadata, "metadata", not_installed)
+    monkeypatch.chdir(ROOT)
+    assert doctor.declared_minimums() == pyproject_minimums()
+
+
+@pytest.mark.parametrize("version_info, ok", [((3, 10, 14), False), ((3, 11, 0), True)])
+def test_python_below_the_declared_floor_is_a_problem_fixed_by_a_newer_python(declared,
+                                                                               version_info, ok):
+    finding = doctor.check_python(version_info)
+    assert finding.ok == ok
+    if not ok:
+        assert "3.10.14" in finding.problem and "needs 3.11 or newer" in finding.problem
+        assert "Python 3.11+" in finding.fix and "make lab" in finding.fix
+
+
+@pytest.mark.parametrize("check, module, old, needed", [
+    (doctor.check_torch, "torch", "2.5.1", "2.6"),
+    (doctor.check_scikit_learn, "sklearn", "1.3.2", "1.4"),
+    (lambda: doctor.check_jupyterlab(in_kernel=False), "jupyterlab", "3.6.7", "4.0"),
+])
+def test_a_package_below_the_declared_floor_is_a_problem(declared, monkeypatch, check, module,
+                                                         old, needed):
+    pretend_version(monkeypatch, {module: old})
+    finding = check()
     assert not finding.ok
-    assert "3.9.18" in finding.problem
-    assert "Python 3.10+" in finding.fix and "make lab" in finding.fix
-
-
-def test_python_3_10_is_fine():
-    assert doctor.check_python((3, 10, 0)).ok
+    assert f"needs {needed} or newer" in finding.problem
 
 
 def test_missing_torch_is_a_problem_fixed_by_make_lab(monkeypatch):

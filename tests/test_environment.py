@@ -5,9 +5,13 @@ the Makefile pins the torch build that `make lab` and `make test` install first.
 naming the package, as soon as one of them drifts.
 """
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
+
+import pytest
 
 import yaml  # PyYAML comes with JupyterLab (through jupyter_events)
 from packaging.requirements import Requirement
@@ -99,3 +103,28 @@ def test_makefile_torch_pin_satisfies_the_pyproject_range():
 def test_environment_yml_pins_the_same_torch_as_the_makefile():
     (torch_line,) = [r for r in environment_requirements() if normalised(r.name) == "torch"]
     assert pinned_version(torch_line) == pinned_version(makefile_torch_requirement())
+
+
+def fake_command(folder: Path, name: str, script: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("uid, allowed", [("0", True), ("1000", False)])
+def test_make_lab_passes_allow_root_only_as_root_and_says_so(tmp_path, uid, allowed):
+    # A fake `id` and a fake jupyter that prints its arguments; -o keeps make from installing.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake_command(venv / "bin", "jupyter", 'echo "jupyter $*"')
+    fake_command(tmp_path, "id", f"echo {uid}")
+    result = subprocess.run(
+        ["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed", "lab"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+    )
+    assert result.returncode == 0, result.stderr
+    jupyter_line = [line for line in result.stdout.splitlines() if line.startswith("jupyter ")]
+    assert len(jupyter_line) == 1
+    assert ("--allow-root" in jupyter_line[0]) == allowed
+    assert ("Running as root" in result.stdout) == allowed

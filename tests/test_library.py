@@ -41,11 +41,18 @@ def test_unknown_config_key_is_named_with_the_valid_ones():
 @pytest.mark.parametrize("field,value", [
     ("lr", -1.0), ("lr", 0.0), ("grad_accum_steps", 0), ("precision", "fp8"), ("batch_size", 0),
     ("schedule", "cosine_with_restarts"), ("min_lr_ratio", 1.5), ("metric_direction", "up"),
-    ("lr", math.nan), ("eval_every", -5), ("device", "tpu"),
+    ("lr", math.nan), ("eval_every", -5), ("device", "tpu"), ("decay_factor", 1.0),
+    ("decay_factor", 0.0), ("patience", -1), ("decay_every", -2),
 ])
 def test_impossible_config_value_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field} = "):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "plateau"])
+def test_a_warmup_with_a_schedule_that_has_none_names_the_field(schedule):
+    with pytest.raises(ValueError, match=f"TrainConfig.warmup_steps = 5: the '{schedule}'"):
+        TrainConfig(schedule=schedule, warmup_steps=5)
 
 
 def test_wrong_type_names_the_field():
@@ -53,10 +60,11 @@ def test_wrong_type_names_the_field():
         TrainConfig.from_dict({"batch_size": "64"})
 
 
-def test_config_round_trips_through_toml_and_dict(tmp_path):
-    cfg = TrainConfig(lr=3e-4, precision="bf16", grad_accum_steps=4, out_dir="runs/a")
+@pytest.mark.parametrize("out_dir", ["runs/a", r"C:\Users\ana\runs\a", 'runs/"quoted"', "runs/é"])
+def test_config_round_trips_through_toml_and_dict(tmp_path, out_dir):
+    cfg = TrainConfig(lr=3e-4, precision="bf16", grad_accum_steps=4, out_dir=out_dir)
     path = tmp_path / "run.toml"
-    path.write_text(cfg.to_toml())
+    path.write_text(cfg.to_toml(), encoding="utf-8")
     assert TrainConfig.from_toml(path) == cfg
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     (tmp_path / "table.toml").write_text("[train]\nlr = 1\nepochs = 3\n")
@@ -138,11 +146,24 @@ def test_focal_loss_known_value_and_alpha():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_focal_loss_is_finite_for_huge_logits_and_module_matches():
+@pytest.mark.parametrize("gamma", [0.0, 0.2, 0.5, 1.0, 2.0])
+def test_focal_loss_has_finite_gradients_when_p_t_rounds_to_one(gamma):
+    # The first example is certain (p_t is exactly 1.0 in float32), the second hopeless: with
+    # 0 < gamma < 1 the derivative of (1 - p_t) ** gamma is infinite at p_t = 1.
     logits = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]], requires_grad=True)
-    loss = FocalLoss(gamma=2.0)(logits, torch.tensor([1, 1]))
+    loss = focal_loss(logits, torch.tensor([0, 0]), gamma=gamma)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[0].abs().max() == 0  # a certain, right example contributes nothing
+    assert logits.grad[1, 0] < 0  # the hopeless one pushes its true class up
+
+
+def test_focal_loss_module_gives_the_function_s_value_on_the_module_s_device():
+    logits, targets = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    module = FocalLoss(gamma=1.5, alpha=[0.2, 0.3, 0.5], reduction="sum")
+    expected = focal_loss(logits, targets, gamma=1.5, alpha=[0.2, 0.3, 0.5], reduction="sum")
+    torch.testing.assert_close(module(logits, targets), expected)
+    assert module.alpha.dtype == torch.float32 and "alpha" in dict(module.named_buffers())
 
 
 def test_focal_loss_down_weights_easy_examples():

@@ -66,19 +66,16 @@ def test_confusion_matrix_rows_are_true_classes():
     assert cm[0, 2] == 2 and cm.sum() == 2
 
 
-def test_confusion_matrix_rejects_out_of_range_classes():
-    with pytest.raises(ValueError, match="outside 0..2"):
-        confusion_matrix(torch.tensor([0, 3]), torch.tensor([0, 1]), 3)
-
-
-def test_confusion_matrix_rejects_float_predictions_of_target_shape():
-    with pytest.raises(TypeError, match="integer class indices"):
-        confusion_matrix(torch.tensor([0.2, 0.9]), torch.tensor([0, 1]), 2)
-
-
-def test_confusion_matrix_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="shape"):
-        confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1]), 2)
+@pytest.mark.parametrize("preds,targets,num_classes,error,message", [
+    ([0, 3], [0, 1], 3, ValueError, "preds holds class 3, outside 0..2"),
+    ([0, 1], [-1, 1], 3, ValueError, "targets holds class -1, outside 0..2"),
+    ([0.2, 0.9], [0, 1], 2, TypeError, "integer class indices"),
+    ([0, 1, 1], [0, 1], 2, ValueError, "shape"),
+    ([0, 1], [0, 1], 0, ValueError, "num_classes must be a positive int"),
+], ids=["pred-out-of-range", "negative-target", "float-preds", "shapes", "no-classes"])
+def test_confusion_matrix_rejects_what_would_miscount(preds, targets, num_classes, error, message):
+    with pytest.raises(error, match=message):
+        confusion_matrix(torch.tensor(preds), torch.tensor(targets), num_classes)
 
 
 def test_per_class_accuracy_matches_sklearn_recall(random_labels):
@@ -124,24 +121,19 @@ def test_precision_is_nan_for_a_class_never_predicted_and_recall_for_one_never_p
     assert math.isnan(result["recall"][2]) and result["precision"][2] == 0.0
 
 
-def _ema_reference(values, weight):
-    # The formula as TensorBoard states it, written out without shortcuts.
-    out, last, n = [], 0.0, 0
-    for v in values:
-        if not math.isfinite(v):
-            out.append(v)
-            continue
-        last = last * weight + (1 - weight) * v
-        n += 1
-        out.append(last / (1 - weight**n))
-    return out
-
-
 @pytest.mark.parametrize("weight", [0.5, 0.9, 0.99])
-def test_ema_smooth_follows_the_debiased_formula(weight):
-    values = torch.rand(300, generator=torch.Generator().manual_seed(1)).tolist()
-    np.testing.assert_allclose(ema_smooth(values, weight), _ema_reference(values, weight),
-                               rtol=1e-12)
+def test_ema_smooth_is_the_weighted_average_with_weights_that_sum_to_one(weight):
+    # Not the recursion the implementation runs: the closed form it must equal. The n-th value
+    # is sum_i w**(n-i) * v_i / sum_i w**(n-i), an average whose weights fall geometrically.
+    values = np.random.default_rng(1).random(300)
+    powers = weight ** np.arange(300)[::-1]
+    expected = [(powers[-n:] * values[:n]).sum() / powers[-n:].sum() for n in range(1, 301)]
+    np.testing.assert_allclose(ema_smooth(values.tolist(), weight), expected, rtol=1e-9)
+
+
+def test_ema_smooth_known_values():
+    # weight 0.5: 4, then (0.25 * 4 + 0.5 * 0) / 0.75, then (0.125 * 4 + 0.25 * 0 + 0.5 * 8) / 0.875
+    assert ema_smooth([4.0, 0.0, 8.0], 0.5) == pytest.approx([4.0, 4 / 3, 4.5 / 0.875])
 
 
 def test_ema_smooth_starts_at_the_first_value():
@@ -159,10 +151,14 @@ def test_ema_smooth_passes_nan_and_inf_through_without_poisoning_the_rest():
     assert smoothed[2] == pytest.approx(1.0) and smoothed[4] == pytest.approx(1.0)
 
 
-def test_ema_smooth_accepts_a_tensor_and_rejects_weight_one():
+def test_ema_smooth_accepts_a_tensor():
     assert ema_smooth(torch.tensor([1.0, 2.0]), 0.0) == [1.0, 2.0]
-    with pytest.raises(ValueError, match="weight"):
-        ema_smooth([1.0], 1.0)
+
+
+@pytest.mark.parametrize("weight", [1.0, -0.1, 1.5])
+def test_ema_smooth_rejects_a_weight_outside_0_1(weight):
+    with pytest.raises(ValueError, match="weight must be in"):
+        ema_smooth([1.0], weight)
 
 
 def test_regression_errors_match_numpy():
