@@ -144,6 +144,20 @@ def test_masked_sums_check_rejects_a_mask_used_as_a_weight_of_the_wrong_rows():
                "reduction='none')")
 
 
+def test_masked_sums_check_rejects_delegating_to_course_lib():
+    from torch import nn
+
+    from course_lib.loop import batch_loss
+
+    def delegated(logits, targets, mask):
+        kept_logits, kept_targets, mean, items = batch_loss(nn.Identity(), (logits, targets, mask),
+                                                            F.cross_entropy, torch.device("cpu"))
+        return mean * items, (kept_logits.argmax(1) == kept_targets).sum(), items
+
+    fails_with(check_masked_sums, delegated, hint_text="write the sums yourself",
+               what="course_lib.loop.batch_loss")
+
+
 def test_masked_sums_check_rejects_a_wrong_shape_of_answer():
     fails_with(check_masked_sums, lambda logits, targets, mask: masked_sums(logits, targets, mask)[:2],
                hint_text="three numbers")

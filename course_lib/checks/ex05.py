@@ -23,8 +23,9 @@ from course_lib.checks._core import CheckFailure, call_learner, make_hint, passe
 from course_lib.models import MLP
 
 hint = make_hint({
-    "a": "select the real rows with the mask first (logits[mask], targets[mask]); then sum the "
-         "per-example losses (reduction='none'), count the correct predictions and the rows.",
+    "a": "the mask picks out the real rows. Compute one loss per row rather than one per batch, "
+         "keep only the real rows' losses and add them up; count correct predictions and rows "
+         "over the same real rows.",
     "b": "keep three running totals over the whole loader (loss sum, correct, items); divide only "
          "once, at the end. Remember the model's mode before switching to eval, and give it back.",
     "c": "work out every class's count first (floor of size * n_c / N, then hand the leftover "
@@ -143,7 +144,12 @@ def check_masked_sums(masked_sums, seed: int = 0) -> None:
     for description, rows, padding in cases:
         logits, targets, mask = _masked_batch(seed + rows, rows, padding)
         inputs = (logits.clone(), targets.clone(), mask.clone())
-        result = call_learner(masked_sums, *inputs, name="masked_sums")
+        with _watch_calls(_library_functions()) as library_calls:
+            result = call_learner(masked_sums, *inputs, name="masked_sums")
+        if library_calls:
+            raise CheckFailure(f"masked_sums called {library_calls[0]}",
+                               hint="this exercise asks you to write the sums yourself, from the "
+                               "per-row losses and the mask")
         loss_sum, correct, count = _sums_of(result, "masked_sums")
         expected = _reference_sums(logits, targets, mask)
         losses = F.cross_entropy(logits.double(), targets, reduction="none")
