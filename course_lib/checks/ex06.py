@@ -47,9 +47,10 @@ GAP_EVALUATIONS = 3
 # "Large" before the remedy. With class 8 cut to 15 % and the exercise's loop, the gap measured
 # 0.46-0.74 over 16 seeds (seed s for the downsampling, the model and the data order).
 MIN_GAP_BEFORE = 0.3
-# A remedy must remove at least this much of the gap, and at least this share of it. Over the same
-# 16 seeds, class weights, focal loss with alpha and oversampling each removed 0.25 or more, and
-# 40 % or more of the gap.
+# A remedy must remove at least this much of the gap, and at least this share of it. Measured in
+# the check's own runs over the same 16 seeds: class weights, focal loss with alpha and
+# oversampling each removed 0.22 or more, and 35 % or more of the gap (the gap after was at most
+# 0.65 of the gap before); focal loss without alpha removed between -0.08 and 0.24.
 MIN_GAP_REDUCTION = 0.1
 MAX_GAP_RATIO_AFTER = 0.8
 # How much the other classes' mean accuracy may drop: a remedy that buys the rare class with the
