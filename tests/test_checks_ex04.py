@@ -344,7 +344,7 @@ class NormalisesTheCacheInPlace(FastPipeline):
     (workers_own_shuffle, "DataLoader(shuffle=True, generator=...) draws another one",
      "another order"),
     (not_faster, "read each example once, into a cache", "not fast enough"),
-    (CacheInFirstEpochOrder, "row i is example i", "other images"),
+    (CacheInFirstEpochOrder, "row i is example i", "epoch 2 is in another order"),
     (ReseedsEveryEpoch, "re-seeding each epoch", "repeats the order of epoch 1"),
     (HandMadePermutation, "a hand-made torch.randperm", "epoch 2 is in another order"),
     (NormalisesTwice, "normalise exactly once", "other images"),
