@@ -28,6 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -315,9 +316,7 @@ class SimulatedAsyncDevice:
             except Exception as error:  # noqa: BLE001 - handed to whoever reads the result
                 future.set_exception(error)
 
-    def submit(self, fn: Callable, *args):
-        from concurrent.futures import Future
-
+    def submit(self, fn: Callable, *args) -> Future:
         future: Future = Future()
         self._queue.put((fn, args, future))  # blocks when the queue is full
         return future
