@@ -115,6 +115,19 @@ class _LibraryCalls:
         return None
 
 
+def _call_watched(fn, *args, name: str, prefixes, instead: str):
+    """Call the learner's function; name a call into course_lib's own version of it first,
+    even when the function then crashed."""
+    with _LibraryCalls() as calls:
+        try:
+            result = call_learner(fn, *args, name=name)
+        except CheckFailure:
+            _refuse_delegation(calls, prefixes, name, instead)
+            raise
+    _refuse_delegation(calls, prefixes, name, instead)
+    return result
+
+
 def _refuse_delegation(calls: _LibraryCalls, prefixes, what: str, instead: str) -> None:
     name = calls.first(*prefixes)
     if name is not None:
@@ -231,17 +244,16 @@ def _schedule_cases(seed: int) -> list[tuple[int, int]]:
 def check_lr_multiplier(lr_multiplier, seed: int = 0) -> None:
     """(a) The multiplier equals the contract's formula at every step, from 0 to total_steps."""
     cases = _schedule_cases(seed)
-    with _LibraryCalls() as calls:
-        values = {}
-        for warmup, total in cases:
-            steps = list(range(total + 1))
-            # Out of order: a multiplier must depend on its arguments only, not on a counter.
-            random.Random(seed + total).shuffle(steps)
-            for step in steps:
-                values[warmup, total, step] = call_learner(lr_multiplier, step, warmup, total,
-                                                           name="lr_multiplier")
-    _refuse_delegation(calls, (SCHEDULES_MODULE, LOOP_MODULE), "lr_multiplier",
-                       "a ramp from 0 over warmup_steps, then half a cosine")
+    values = {}
+    for warmup, total in cases:
+        steps = list(range(total + 1))
+        # Out of order: a multiplier must depend on its arguments only, not on a counter.
+        random.Random(seed + total).shuffle(steps)
+        for step in steps:
+            values[warmup, total, step] = _call_watched(
+                lr_multiplier, step, warmup, total, name="lr_multiplier",
+                prefixes=(SCHEDULES_MODULE, LOOP_MODULE),
+                instead="a ramp from 0 over warmup_steps, then half a cosine")
     for warmup, total in cases:
         for step in range(total + 1):
             value = values[warmup, total, step]
@@ -257,8 +269,8 @@ def check_lr_multiplier(lr_multiplier, seed: int = 0) -> None:
             elif step < warmup:
                 hint = "during warmup the multiplier is step / warmup_steps"
             elif step == warmup:
-                hint = ("warmup ends at step warmup_steps, where the multiplier is exactly 1 and "
-                        "the cosine starts")
+                hint = ("warmup ends at step warmup_steps, where the multiplier is exactly 1: the "
+                        "cosine's progress goes from 0 at warmup_steps to 1 at total_steps")
             else:
                 hint = ("after warmup, half a cosine: 0.5 * (1 + cos(pi * progress)), with "
                         "progress going from 0 at warmup_steps to 1 at total_steps")
@@ -377,12 +389,12 @@ def check_train_step(train_step, config_class, seed: int = 0) -> None:
             with _StepWatch() as ref_watch, _quiet_scheduler_warning():
                 ref_result = reference_train_step(ref[0], inputs, targets, *ref[1:], cfg)
             learner_scaler_calls = len(mine[3].calls)
-            with _StepWatch() as watch, _LibraryCalls() as calls, _quiet_scheduler_warning():
-                result = call_learner(train_step, mine[0], inputs.clone(), targets.clone(), *mine[1:],
-                                      cfg, name="train_step")
-            _refuse_delegation(calls, (LOOP_MODULE, SCHEDULES_MODULE), "train_step",
-                               "zero the gradients, forward and loss under autocast, backward, "
-                               "unscale, clip, step, update, schedule")
+            with _StepWatch() as watch, _quiet_scheduler_warning():
+                result = _call_watched(train_step, mine[0], inputs.clone(), targets.clone(),
+                                       *mine[1:], cfg, name="train_step",
+                                       prefixes=(LOOP_MODULE, SCHEDULES_MODULE),
+                                       instead="zero the gradients, forward and loss under "
+                                       "autocast, backward, unscale, clip, step, update, schedule")
             _compare_step(result, ref_result, watch, ref_watch, mine, ref, cfg, index,
                           mine[3].calls[learner_scaler_calls:], ref[3].calls[ref_scaler_calls:])
     passed("train_step matches the reference step by step in fp32, bf16 and fp16: the learning "
@@ -546,10 +558,10 @@ def check_evaluate(evaluate, seed: int = 0) -> None:
     expected = _reference_accuracy(copy.deepcopy(model), dataset)
     running = {name: buffer.clone() for name, buffer in model.named_buffers()}
     torch.manual_seed(seed)  # dropout, should it run, draws from here
-    with _ForwardLog(model) as log, _LibraryCalls() as calls:
-        accuracy = call_learner(evaluate, model, dataset, name="evaluate")
-    _refuse_delegation(calls, (LOOP_MODULE,), "evaluate",
-                       "eval mode, no graph, count the correct predictions over the whole dataset")
+    with _ForwardLog(model) as log:
+        accuracy = _call_watched(evaluate, model, dataset, name="evaluate", prefixes=(LOOP_MODULE,),
+                                 instead="eval mode, no graph, count the correct predictions over "
+                                 "the whole dataset")
     require(log.calls, "evaluate never ran the model",
             hint="call the model on the dataset's inputs (dataset.tensors, or a DataLoader over it)")
     if any(call["training"] for call in log.calls):
@@ -629,10 +641,9 @@ def check_train_loader(make_train_loader, config_class, seed: int = 0) -> None:
     def epochs(cfg_seed: int, perturbation: int) -> list[list[int]]:
         cfg = _config(config_class, seed=cfg_seed, batch_size=batch_size)
         _perturb_global_rng(perturbation)
-        with _LibraryCalls() as calls:
-            loader = call_learner(make_train_loader, dataset, cfg, name="make_train_loader")
-        _refuse_delegation(calls, LIBRARY_LOADERS, "make_train_loader",
-                           "a torch DataLoader, shuffled by a generator of its own seeded from cfg.seed")
+        loader = _call_watched(make_train_loader, dataset, cfg, name="make_train_loader",
+                               prefixes=LIBRARY_LOADERS, instead="a torch DataLoader, shuffled by "
+                               "a generator of its own seeded from cfg.seed")
         orders = []
         for epoch in range(2):
             _perturb_global_rng(perturbation + 1 + epoch)
@@ -675,7 +686,10 @@ CHECKPOINT_KEYS = ("model", "config", "val_accuracy", "step")
 # The run that must reach the target: the default config (6 epochs), with a stated bar.
 # A run whose learning rate is still rising (to a huge peak) when it stops: accuracy climbs, then
 # collapses, so the best evaluation comes well before the last one.
-BEST_NOT_LAST = {"epochs": 2, "eval_every": 4, "lr": 4.0, "warmup_steps": 400, "precision": "fp32"}
+BEST_NOT_LAST = {"epochs": 2, "eval_every": 3, "lr": 4.0, "warmup_steps": 400, "precision": "fp32"}
+# Both runs evaluate at a period that does not divide their length, so the evaluation after the
+# last step is one of its own.
+TARGET_EVAL_EVERY = 25
 
 
 class _RunWatch:
@@ -729,11 +743,10 @@ class _RunWatch:
 
 
 def _watched_run(train, cfg, splits) -> tuple[dict, _RunWatch]:
-    with _RunWatch(splits) as watch, _LibraryCalls() as calls, _quiet_scheduler_warning():
-        result = call_learner(train, cfg, name="train")
-    _refuse_delegation(calls, (LOOP_MODULE,), "train",
-                       "your own loop, using your lr_multiplier, train_step, evaluate and "
-                       "make_train_loader")
+    with _RunWatch(splits) as watch, _quiet_scheduler_warning():
+        result = _call_watched(train, cfg, name="train", prefixes=(LOOP_MODULE,),
+                               instead="your own loop, using your lr_multiplier, train_step, "
+                               "evaluate and make_train_loader")
     require(isinstance(result, dict) and "history" in result and "best_checkpoint" in result,
             "train(cfg) should return a dict with the keys 'history' and 'best_checkpoint'",
             got=type(result).__name__ if not isinstance(result, dict) else f"keys {sorted(map(str, result))}",
@@ -868,10 +881,14 @@ def _check_checkpoint(result, watch: _RunWatch, cfg, accuracies: dict) -> dict:
                if isinstance(state, dict) and set(state) == set(evaluation["weights"])
                and all(torch.equal(state[k], v) for k, v in evaluation["weights"].items())]
     last = max(accuracies)
+    _live_hint = ("a state dict holds the live weights, which move on: save it at the moment the "
+                  "accuracy improves, or keep copy.deepcopy(model.state_dict())")
     if not matches:
-        raise CheckFailure("the checkpoint's weights are those of no evaluation",
-                           hint="save model.state_dict() at the moment the accuracy improves (a "
-                           "state dict kept for later follows the live weights; copy.deepcopy it)")
+        raise CheckFailure("the checkpoint's weights are those of no evaluation", hint=_live_hint)
+    step = checkpoint["step"]
+    if _is_number(step) and step not in matches and max(matches) > step:
+        raise CheckFailure(f"the checkpoint says step {step}, but holds the weights of step "
+                           f"{max(matches)}, a later evaluation", hint=_live_hint)
     if not any(step in matches for step in best_steps):
         got = matches[-1]
         raise CheckFailure(f"the checkpoint holds the weights of step {got} (accuracy "
@@ -879,7 +896,6 @@ def _check_checkpoint(result, watch: _RunWatch, cfg, accuracies: dict) -> dict:
                            expected=f"step {best_steps[0]} (accuracy {best:.3f})",
                            hint="save only when the accuracy beats the best so far"
                            + (" (the last evaluation is not always the best)" if got == last else ""))
-    step = checkpoint["step"]
     require(step in matches, f"the checkpoint says step {_fmt(step)}; its weights are those of step "
             f"{matches[0]}", hint="store the step at which you saved")
     require(_is_number(checkpoint["val_accuracy"]) and abs(checkpoint["val_accuracy"] - best) <= 1e-9,
@@ -893,7 +909,7 @@ def check_train(train, config_class, seed: int = 0) -> None:
     """(e) The whole loop: reaches the target, follows the contract, keeps the best, is seeded."""
     seeds = random.Random(seed).sample(range(1, 1000), 2)
     # 1. The default budget reaches the target, with every part of the contract in place.
-    cfg = _config(config_class, seed=seeds[0])
+    cfg = _config(config_class, seed=seeds[0], eval_every=TARGET_EVAL_EVERY)
     splits = load_digits_splits(seed=cfg.seed)
     _perturb_global_rng(7 + seed)
     result, watch = _watched_run(train, cfg, splits)
