@@ -40,6 +40,7 @@ import pickle
 import random
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -95,7 +96,8 @@ class _LibraryCalls:
         if event == "call":
             module = frame.f_globals.get("__name__", "")
             if module.startswith("course_lib.") and not module.startswith("course_lib.checks"):
-                name = f"{module}.{frame.f_code.co_qualname}"
+                code = frame.f_code  # co_qualname is Python 3.11+; co_name serves on 3.10
+                name = f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
                 if name not in self.called:
                     self.called.append(name)
 
@@ -108,10 +110,12 @@ class _LibraryCalls:
         sys.setprofile(self._previous)
 
     def first(self, *prefixes: str) -> str | None:
-        """The first recorded call whose name starts with one of `prefixes`."""
-        for name in self.called:
-            if name.startswith(prefixes):
-                return name
+        """The first recorded call under the first of `prefixes` that has one: the loop itself
+        is named before a helper it was called with."""
+        for prefix in prefixes:
+            for name in self.called:
+                if name.startswith(prefix):
+                    return name
         return None
 
 
@@ -222,8 +226,6 @@ def _one_thread(check):
 def _quiet_scheduler_warning():
     # The check itself provokes no warning; a learner's wrong order may, and the failure line
     # already says what is wrong.
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected call of")
         yield
