@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR, StepLR
+from torch.optim.lr_scheduler import ExponentialLR, LambdaLR, StepLR
 
 from course_lib.checks._core import CheckFailure, NotImplementedYet
 from course_lib.checks.ex02 import (
@@ -317,10 +317,14 @@ def test_make_scheduler_rejects_the_library_schedule():
     assert "YOUR warmup_cosine" in failure.hint
 
 
-def test_make_scheduler_rejects_another_scheduler():
-    failure = fails(check_make_scheduler, lambda opt, w, t, m: StepLR(opt, step_size=10),
-                    REFERENCE_SCHEDULE)
+@pytest.mark.parametrize("build", [
+    lambda opt: StepLR(opt, step_size=10),
+    lambda opt: ExponentialLR(opt, gamma=0.5),  # the lesson's bug box: the LR halved by hand
+], ids=["StepLR", "ExponentialLR"])
+def test_make_scheduler_rejects_another_scheduler(build):
+    failure = fails(check_make_scheduler, lambda opt, w, t, m: build(opt), REFERENCE_SCHEDULE)
     assert "never called your warmup_cosine" in failure.what
+    assert "lr_lambda" in failure.hint
 
 
 def test_hint_has_one_nudge_per_question(capsys):
