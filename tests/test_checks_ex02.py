@@ -188,7 +188,8 @@ def test_warmup_cosine_passes_the_library_formula_written_out():
         if step < warmup_steps:
             return step / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_lr_ratio + (1 - min_lr_ratio) * max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
+        cosine = max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
+        return min_lr_ratio + (1 - min_lr_ratio) * cosine
 
     check_warmup_cosine(warmup_cosine)
 

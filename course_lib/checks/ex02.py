@@ -337,7 +337,8 @@ def _diagnose_curve(got: list[float], warmup: int, total: int, ratio: float, nam
         return
     case = f"(warmup_steps={warmup}, total_steps={total}, min_lr_ratio={ratio:g})"
     first = wrong[0]
-    measured = f"{what} of step {first} was {got[first]:.6g}; the contract says {expected[first]:.6g}"
+    measured = (f"{what} of step {first} was {got[first]:.6g}; the contract says "
+                f"{expected[first]:.6g}")
     if abs(got[0]) > SCHEDULE_ATOL and abs(got[0] - 1 / warmup) <= SCHEDULE_ATOL:
         hint = ("the warmup is one step early: step 0, the first step, must have multiplier 0, and "
                 "step warmup_steps exactly 1")
