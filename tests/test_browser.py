@@ -170,6 +170,22 @@ def test_moving_a_slider_redraws_its_plot(lesson, screenshot_path, widget_shots)
     assert not unchanged, "\n".join(unchanged)
 
 
+# Explorers a lesson must show, so that the slider test above cannot pass by finding none.
+EXPECTED_EXPLORERS = {
+    "notebooks/02_losses_optimizers_schedules.ipynb": [".course-schedule-explorer"],
+}
+
+
+def test_each_lesson_shows_its_explorers(lesson):
+    expected = EXPECTED_EXPLORERS.get(lesson.notebook.path)
+    if not expected:
+        pytest.skip("no explorers listed for this lesson")
+    require_every_widget_drawn(lesson)
+    shown = lesson.notebook.explorers()
+    missing = [selector for selector in expected if selector not in shown]
+    assert not missing, f"{lesson.notebook.path} shows no {', '.join(missing)} (found {shown})"
+
+
 def test_the_live_view_updates_while_fit_runs(lesson):
     require_every_widget_drawn(lesson)
     if not lesson.notebook.page.locator(".course-live-progress").count():
