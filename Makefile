@@ -4,7 +4,8 @@
 #
 #   make lab          open JupyterLab on notebooks/
 #   make test         run the test suite
-#   make test-fast    the tests of course_lib only: no notebooks, no browser (under a minute)
+#   make test-fast    the tests of course_lib only: no notebooks, browser or check corpora (under a minute)
+#   make test-checks  the wrong-answer corpus of every exercise check
 #   make exercises    regenerate exercises/ from solutions/
 #   make outputs      re-execute every lesson and solution in place, then regenerate exercises/
 #   make screenshots  retake the JupyterLab screenshots
@@ -31,7 +32,7 @@ TORCH_SPEC := $(VENV)/.torch-spec
 KERNEL_NAME := training-loops
 KERNEL_DISPLAY_NAME := Python (training loops)
 
-.PHONY: help setup lab test test-fast exercises outputs screenshots benchmark clean FORCE
+.PHONY: help setup lab test test-fast test-checks exercises outputs screenshots benchmark clean FORCE
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -73,7 +74,10 @@ test: $(INSTALLED)
 
 # tests/ only, without the tests that execute notebooks or open a browser; a hang fails in 60 s.
 test-fast: $(INSTALLED)
-	$(PY) -m pytest tests -m "not notebooks and not browser" --timeout=60 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not notebooks and not browser and not checks" --timeout=60 $(PYTEST_ARGS)
+
+test-checks: $(INSTALLED)
+	$(PY) -m pytest tests -m checks $(PYTEST_ARGS)
 
 exercises: $(INSTALLED)
 	$(PY) -m course_lib.instructor.make_exercises

@@ -11,3 +11,10 @@ collect_ignore_glob = ["fixtures/*"]
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the wrong-answer corpora of the exercise checks, so `make test-fast` can leave them out."""
+    for item in items:
+        if item.path.name.startswith("test_checks_"):
+            item.add_marker("checks")

@@ -1,8 +1,18 @@
-"""The checks of exercise 01 pass a correct train(cfg), say "not implemented yet" for a stub, and
-reject each realistic wrong answer with a hint that names the mistake.
+"""The checks of exercise 01 pass the reference answers, say "not implemented yet" for a stub, and
+reject every wrong answer of their corpus with a failure and a hint that name the mistake.
 
-The wrong answers are small variants of one correct `train`, built by `make_train` with a flag per
-mistake, so that each test changes exactly one thing.
+Each wrong answer is the reference answer with one realistic mistake: the lesson's "common bug"
+boxes (zero_grad forgotten, evaluation in training mode, clipping scaled gradients, the scheduler
+stepped before the optimizer, the last checkpoint kept instead of the best), the curriculum's list
+(no seeding, clipping before backward, a scheduler never stepped, no config in the checkpoint),
+shortcuts (handing the work to course_lib, another split with the same class counts, records
+that claim what did not happen) and off-by-ones.
+
+Seeds: the normal run uses 2 seeds per case; `CHECK_SEEDS=16` runs 16. Observed with 16 seeds
+(seeds 0-15, 1,000 cases): the reference answers pass all five checks on every seed, and every
+wrong answer below fails its check on every seed, with the failure and the hint asserted here.
+Corpus sizes: (a) lr_multiplier 9, (b) train_step 13, (c) evaluate 8, (d) make_train_loader 9,
+(e) train 18.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import random
 import tempfile
 from contextlib import nullcontext
@@ -21,20 +32,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+import course_lib
 from course_lib.checks._core import CheckFailure, NotImplementedYet
 from course_lib.checks.ex01 import (
-    check_best_not_last,
-    check_checkpoint_contents,
-    check_clipping,
-    check_mixed_precision,
-    check_reaches_target,
-    check_seeding,
-    check_warmup,
+    check_evaluate,
+    check_lr_multiplier,
+    check_train,
+    check_train_loader,
+    check_train_step,
+    hint,
 )
 from course_lib.data import load_digits_splits
 from course_lib.models import MLP
+
+SEEDS = list(range(int(os.environ.get("CHECK_SEEDS", "2"))))
 
 
 @dataclass
@@ -51,317 +64,559 @@ class ExerciseConfig:
     eval_every: int = 20
     precision: str = "bf16"
     hidden: int = 128
-    target_accuracy: float = 0.95
+    dropout: float = 0.1
+    target_accuracy: float = 0.93
     out_dir: str | None = None
 
 
-def make_train(seed="cfg", save="best", clip="after_unscale", scheduler="per_step",
-               config_in_checkpoint="dict", precision="honoured", zero_grad=True,
-               optimizer_step=True, checkpoint_step=True, record_lr="optimizer"):
-    """A correct train(cfg) by default; each flag, changed, makes one realistic mistake."""
+# ---- the reference answers (as in the solution notebook) ---------------------------------------------
+
+
+def lr_multiplier(step, warmup_steps, total_steps):
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_for(precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+
+
+def train_step(model, inputs, targets, optimizer, scheduler, scaler, cfg):
+    optimizer.zero_grad()
+    with autocast_for(cfg.precision):
+        loss = F.cross_entropy(model(inputs), targets)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss.item(), "grad_norm": grad_norm.item()}
+
+
+def evaluate(model, dataset):
+    model.eval()
+    with torch.inference_mode():
+        inputs, targets = dataset.tensors
+        correct = (model(inputs).argmax(dim=1) == targets).sum().item()
+    model.train()
+    return correct / len(targets)
+
+
+def make_train_loader(dataset, cfg):
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def make_train(seed="cfg", save="best", config="dict", total="steps", scheduler_steps=True,
+               eval_split="val", eval_mode=True, eval_at_last=True, record_lr="optimizer",
+               clip=True, loader=make_train_loader, multiplier=lr_multiplier):
+    """The reference train(cfg) by default; each flag, changed, makes one realistic mistake."""
+
+    def step_fn(model, inputs, targets, optimizer, scheduler, scaler, cfg):
+        if clip and scheduler_steps:
+            return train_step(model, inputs, targets, optimizer, scheduler, scaler, cfg)
+        # Without clipping, or without stepping the scheduler here:
+        optimizer.zero_grad()
+        with autocast_for(cfg.precision):
+            loss = F.cross_entropy(model(inputs), targets)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        norm = nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler_steps:
+            scheduler.step()
+        return {"loss": loss.item(), "grad_norm": norm.item()}
 
     def train(cfg):
-        if seed == "cfg":
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed)
-            torch.manual_seed(cfg.seed)
-        elif seed == "fixed":  # a number typed in, instead of cfg.seed
-            random.seed(0)
-            np.random.seed(0)
-            torch.manual_seed(0)
+        if seed in ("cfg", "after_model"):
+            seed_value = cfg.seed
+        else:
+            seed_value = 0
+        if seed not in ("none", "after_model"):
+            random.seed(seed_value)
+            np.random.seed(seed_value)
+            torch.manual_seed(seed_value)
         data = load_digits_splits(seed=cfg.seed)
-        model = MLP(hidden=cfg.hidden)
+        train_loader = loader(data.train, cfg)
+        model = MLP(hidden=cfg.hidden, dropout=cfg.dropout)
         if seed == "after_model":
             torch.manual_seed(cfg.seed)
-        generator = torch.Generator().manual_seed(cfg.seed) if seed != "none" else None
-        if seed == "fixed":
-            generator = torch.Generator().manual_seed(0)
-        loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total_steps = cfg.epochs * len(loader)
-        warmup = 0 if scheduler == "no_warmup" else cfg.warmup_steps
-
-        def multiplier(step):
-            if step < warmup:
-                return step / warmup
-            progress = (step - warmup) / max(1, total_steps - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
-        if precision == "ignored" or cfg.precision == "fp32":
-            autocast = nullcontext
-        else:
-            bf16 = cfg.precision == "bf16" or precision == "always_bf16"
-            dtype = torch.bfloat16 if bf16 else torch.float16
-            autocast = lambda: torch.autocast("cpu", dtype=dtype)  # noqa: E731
-        use_scaler = cfg.precision == "fp16" and precision != "no_scaler"
-        scaler = torch.amp.GradScaler("cpu", enabled=use_scaler)
-        out_dir = Path(cfg.out_dir or tempfile.mkdtemp())
-        best_path = out_dir / "best.pt"
-        history, best_accuracy, best_state, step = [], -1.0, None, 0
-
-        def write_checkpoint(state, accuracy, at_step):
-            config = {"dict": dataclasses.asdict(cfg), "dataclass": cfg}.get(config_in_checkpoint)
-            checkpoint = {"model": state, "val_accuracy": accuracy}
-            if checkpoint_step:
-                checkpoint["step"] = at_step
-            if config is not None:
-                checkpoint["config"] = config
-            torch.save(checkpoint, best_path)
-
-        def parameters_norm():
-            return nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
-
+        total_steps = {"steps": cfg.epochs * len(train_loader), "epochs": cfg.epochs,
+                       "one_epoch": len(train_loader)}[total]
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: multiplier(step, cfg.warmup_steps, total_steps))
+        scaler = torch.amp.GradScaler("cpu", enabled=cfg.precision == "fp16")
+        path = Path(cfg.out_dir or tempfile.mkdtemp()) / "best.pt"
+        val = {"val": data.val, "test": data.test, "train": data.train}[eval_split]
+        history, best, best_state, best_step, step = [], -1.0, None, 0, 0
+        steps_total = cfg.epochs * len(train_loader)
         for epoch in range(cfg.epochs):
-            for inputs, targets in loader:
-                if zero_grad:
-                    optimizer.zero_grad()
-                if clip == "before_backward":
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                with autocast():
-                    loss = F.cross_entropy(model(inputs), targets)
-                scaler.scale(loss).backward()
-                if clip == "after_unscale":
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                elif clip == "before_unscale":
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.unscale_(optimizer)
-                elif clip in ("none", "after_step"):
-                    scaler.unscale_(optimizer)
-                    norm = torch.tensor(parameters_norm())
-                clipped_norm = parameters_norm()
+            for inputs, targets in train_loader:
                 lr = optimizer.param_groups[0]["lr"] if record_lr == "optimizer" else cfg.lr
-                if optimizer_step:
-                    scaler.step(optimizer)
-                scaler.update()
-                if clip == "after_step":
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if scheduler in ("per_step", "no_warmup"):
-                    schedule.step()
+                record = step_fn(model, inputs, targets, optimizer, schedule, scaler, cfg)
                 step += 1
-                history.append({"step": step, "loss": loss.item(), "lr": lr,
-                                "grad_norm": float(norm), "clipped_grad_norm": clipped_norm})
-                if step % cfg.eval_every == 0 or step == total_steps:
-                    model.eval()
-                    with torch.inference_mode():
-                        inputs, targets = data.val.tensors
-                        accuracy = (model(inputs).argmax(1) == targets).sum().item() / len(targets)
-                    model.train()
-                    history.append({"step": step, "val_accuracy": accuracy})
-                    if save == "last" or (save == "best" and accuracy > best_accuracy):
-                        best_accuracy = accuracy
-                        write_checkpoint(model.state_dict(), accuracy, step)
-                    elif save == "best_later" and accuracy > best_accuracy:
-                        best_accuracy, best_state = accuracy, model.state_dict()  # not a copy
-                        best_step = step
-                    elif save == "first" and best_accuracy < 0:
-                        best_accuracy = accuracy
-                        write_checkpoint(model.state_dict(), accuracy, step)
-                    elif save == "model_object" and accuracy > best_accuracy:
-                        best_accuracy = accuracy
-                        torch.save({"model": copy.deepcopy(model), "config": dataclasses.asdict(cfg),
-                                    "val_accuracy": accuracy, "step": step}, best_path)
-            if scheduler == "per_epoch":
-                schedule.step()
-        if save == "best_later":
-            write_checkpoint(best_state, best_accuracy, best_step)
-        return {"history": history, "best_checkpoint": str(best_path)}
+                history.append({"step": step, "lr": lr, **record})
+                due = step % cfg.eval_every == 0 or (eval_at_last and step == steps_total)
+                if not due:
+                    continue
+                if eval_mode:
+                    accuracy = evaluate(model, val)
+                else:  # the lesson's bug: no model.eval()
+                    with torch.no_grad():
+                        inputs_v, targets_v = val.tensors
+                        accuracy = (model(inputs_v).argmax(1) == targets_v).float().mean().item()
+                history.append({"step": step, "val_accuracy": accuracy})
+                checkpoint = {"model": model.state_dict(), "val_accuracy": accuracy, "step": step}
+                if config == "dict":
+                    checkpoint["config"] = dataclasses.asdict(cfg)
+                elif config == "dataclass":
+                    checkpoint["config"] = cfg
+                if save == "last":
+                    best = accuracy
+                    torch.save(checkpoint, path)
+                elif accuracy > best:
+                    best = accuracy
+                    if save == "best":
+                        torch.save(checkpoint, path)
+                    else:  # "reference": keeps a state dict that follows the live weights
+                        best_state, best_step = model.state_dict(), step
+            if not scheduler_steps:
+                schedule.step()  # once per epoch
+        if save == "reference":
+            torch.save({"model": best_state, "config": dataclasses.asdict(cfg), "val_accuracy": best,
+                        "step": best_step}, path)
+        return {"history": history, "best_checkpoint": str(path)}
 
     return train
 
 
-def stub(cfg):
-    raise NotImplementedError("write the whole loop")
+def stub(*args, **kwargs):
+    raise NotImplementedError("write it")
 
 
-def rejected(check, train) -> CheckFailure:
+def rejected(check, answer, *args, seed) -> CheckFailure:
     with pytest.raises(CheckFailure) as caught:
-        check(train, ExerciseConfig)
+        check(answer, *args, seed=seed)
     assert not isinstance(caught.value, NotImplementedYet)
     return caught.value
 
 
-ALL_CHECKS = [check_reaches_target, check_seeding, check_checkpoint_contents, check_best_not_last,
-              check_clipping, check_warmup, check_mixed_precision]
+# ---- the reference passes, the stub is "not implemented yet" -------------------------------------------
+
+CASES = [
+    (check_lr_multiplier, lr_multiplier, ()),
+    (check_train_step, train_step, (ExerciseConfig,)),
+    (check_evaluate, evaluate, ()),
+    (check_train_loader, make_train_loader, (ExerciseConfig,)),
+    (check_train, make_train(), (ExerciseConfig,)),
+]
 
 
-@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
-def test_check_passes_a_correct_loop(check, capsys):
-    check(make_train(), ExerciseConfig)
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("check, answer, args", CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_check_passes_the_reference(check, answer, args, seed, capsys):
+    check(answer, *args, seed=seed)
     assert capsys.readouterr().out.startswith("✓ ")
 
 
-@pytest.mark.parametrize("check", ALL_CHECKS, ids=lambda c: c.__name__)
-def test_check_says_not_implemented_yet_for_the_stub(check):
-    with pytest.raises(NotImplementedYet, match="`train` is not implemented yet"):
-        check(stub, ExerciseConfig)
+@pytest.mark.parametrize("check, answer, args", CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_check_says_not_implemented_yet_for_a_stub(check, answer, args):
+    with pytest.raises(NotImplementedYet, match="is not implemented yet"):
+        check(stub, *args)
 
 
-# ---- reaching the target ---------------------------------------------------------------------
+def test_every_question_has_a_hint(capsys):
+    for question in "abcde":
+        hint(question)
+        assert capsys.readouterr().out.startswith(f"💡 ({question})")
 
 
-def test_target_rejects_a_scheduler_never_stepped():
-    failure = rejected(check_reaches_target, make_train(scheduler="never"))
-    assert "learning rate stayed at 0" in failure.hint and "scheduler.step()" in failure.hint
+def test_a_check_restores_the_thread_count():
+    threads = torch.get_num_threads()
+    check_lr_multiplier(lr_multiplier)
+    assert torch.get_num_threads() == threads
+
+
+# ---- (a) the schedule: 8 wrong answers -------------------------------------------------------------
+
+
+def warmup_one_step_ahead(step, warmup, total):  # the scheduler-first bug, baked into the formula
+    return lr_multiplier(step + 1, warmup, total)
+
+
+def warmup_over_one_step_more(step, warmup, total):
+    if step < warmup:
+        return step / (warmup + 1)
+    return lr_multiplier(step, warmup, total)
+
+
+def cosine_over_the_whole_run(step, warmup, total):  # the wrong length
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def cosine_ending_a_step_early(step, warmup, total):  # off by one at the end
+    if step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / (total - warmup - 1)) if total - warmup > 1 else 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_decay(step, warmup, total):  # the wrong shape
+    if step < warmup:
+        return step / warmup
+    return (total - step) / (total - warmup)
+
+
+def no_warmup(step, warmup, total):
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def counts_its_calls():
+    calls = {"n": 0}
+
+    def multiplier(step, warmup, total):  # ignores `step`: a counter instead
+        calls["n"] += 1
+        return lr_multiplier(calls["n"] - 1, warmup, total)
+
+    return multiplier
+
+
+def delegates_to_the_library(step, warmup, total):
+    return course_lib.warmup_cosine_multiplier(step, warmup, total)
+
+
+def torch_tensor(step, warmup, total):
+    return torch.tensor(lr_multiplier(step, warmup, total))
+
+
+SCHEDULE_WRONG = [
+    (warmup_one_step_ahead, "at step 0", "warmup starts at 0"),
+    (warmup_over_one_step_more, "the contract says", "step / warmup_steps"),
+    (cosine_over_the_whole_run, "the contract says", "0 at warmup_steps to 1 at total_steps"),
+    (cosine_ending_a_step_early, "the contract says", "to 1 at total_steps"),
+    (linear_decay, "the contract says", "half a cosine"),
+    (no_warmup, "at step 0", "warmup starts at 0"),
+    (counts_its_calls(), "when called again", "without a counter"),
+    (delegates_to_the_library, "course_lib's own warmup_cosine_multiplier", "write it yourself"),
+    (torch_tensor, "returned a Tensor", "plain float"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, what, hint_text", SCHEDULE_WRONG, ids=lambda a: getattr(a, "__name__", ""))
+def test_schedule_rejects(answer, what, hint_text, seed):
+    failure = rejected(check_lr_multiplier, answer, seed=seed)
+    assert what in failure.what and hint_text in failure.hint
+
+
+# ---- (b) the step: 12 wrong answers ----------------------------------------------------------------
+
+
+def make_step(zero_grad=True, clip="after_unscale", scheduler="after", autocast="honoured",
+              scaler_used=True, returned_norm="before"):
+    """The reference step by default; each flag, changed, makes one realistic mistake."""
+
+    def step(model, inputs, targets, optimizer, scheduler_, scaler, cfg):
+        if zero_grad:
+            optimizer.zero_grad()
+        if scheduler == "before":
+            scheduler_.step()
+        if clip == "before_backward":
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        precision = {"honoured": cfg.precision, "ignored": "fp32",
+                     "always_bf16": "fp32" if cfg.precision == "fp32" else "bf16"}[autocast]
+        with autocast_for(precision):
+            loss = F.cross_entropy(model(inputs), targets)
+        if scaler_used:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if clip == "before_unscale":
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler_used and clip != "before_unscale":
+            scaler.unscale_(optimizer)
+        if clip == "after_unscale":
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        elif clip in ("none", "after_step", "before_backward"):
+            norm = nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        if returned_norm == "after":
+            norm = nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        if scaler_used:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if clip == "after_step":
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scheduler == "after":
+            scheduler_.step()
+        elif scheduler == "twice":
+            scheduler_.step()
+            scheduler_.step()
+        return {"loss": loss.item(), "grad_norm": float(norm)}
+
+    return step
+
+
+def delegating_step(model, inputs, targets, optimizer, scheduler, scaler, cfg):
+    from course_lib.loop import autocast_context
+
+    optimizer.zero_grad()
+    with autocast_context(torch.device("cpu"), cfg.precision):
+        loss = F.cross_entropy(model(inputs), targets)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {"loss": loss.item(), "grad_norm": norm.item()}
+
+
+STEP_WRONG = [
+    ("no_zero_grad", make_step(zero_grad=False), "not this batch's", "zero_grad()"),
+    ("clip_before_backward", make_step(clip="before_backward"), "above the limit", "after backward()"),
+    ("clip_after_step", make_step(clip="after_step"), "above the limit", "before the optimizer step"),
+    ("no_clipping", make_step(clip="none"), "above the limit", "clip_grad_norm_"),
+    ("clip_scaled_gradients", make_step(clip="before_unscale"), "far below the limit",
+     "scaler.unscale_(optimizer) before clipping"),
+    ("scheduler_before_optimizer", make_step(scheduler="before"), "learning rate", "after the optimizer step"),
+    ("scheduler_never_stepped", make_step(scheduler="never"), "learning rate", "scheduler.step()"),
+    ("scheduler_stepped_twice", make_step(scheduler="twice"), "learning rate", "once per training step"),
+    ("no_autocast", make_step(autocast="ignored"), "precision='bf16'", "torch.autocast"),
+    ("bf16_for_fp16", make_step(autocast="always_bf16"), "precision='fp16'", "torch.float16"),
+    ("no_gradient_scaler", make_step(scaler_used=False), "scaler passed in was not used", "scaler.scale(loss)"),
+    ("returns_the_clipped_norm", make_step(returned_norm="after"), "returned a grad_norm", "before clipping"),
+    ("delegates_autocast_to_the_library", delegating_step, "course_lib's own autocast_context",
+     "write it yourself"),
+]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
-def test_target_rejects_a_loop_that_never_steps_the_optimizer():
-    failure = rejected(check_reaches_target, make_train(optimizer_step=False))
-    assert "never ran" in failure.hint
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name, answer, what, hint_text", STEP_WRONG, ids=lambda a: a if isinstance(a, str) else "")
+def test_step_rejects(name, answer, what, hint_text, seed):
+    failure = rejected(check_train_step, answer, ExerciseConfig, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
 
 
-def test_target_rejects_a_loop_that_forgets_zero_grad():
-    failure = rejected(check_reaches_target, make_train(zero_grad=False))
-    assert "too low" in failure.what and "zero_grad" in failure.hint
+# ---- (c) evaluation: 8 wrong answers ---------------------------------------------------------------
 
 
-# The shape of the result is checked by every check; the cheapest one stands for all here.
+def without_eval_mode(model, dataset):  # the lesson's bug: no_grad() is not eval mode
+    with torch.no_grad():
+        inputs, targets = dataset.tensors
+        return (model(inputs).argmax(1) == targets).float().mean().item()
 
 
-def test_a_result_without_a_checkpoint_path_is_rejected():
-    train = make_train()
-    failure = rejected(check_checkpoint_contents, lambda cfg: {"history": train(cfg)["history"]})
-    assert "'history' and 'best_checkpoint'" in failure.what and "return" in failure.hint
+def with_a_graph(model, dataset):
+    model.eval()
+    inputs, targets = dataset.tensors
+    accuracy = (model(inputs).argmax(1) == targets).float().mean().item()
+    model.train()
+    return accuracy
 
 
-def test_tensors_in_the_history_are_rejected():
-    train = make_train()
+def left_in_eval_mode(model, dataset):
+    model.eval()
+    with torch.inference_mode():
+        inputs, targets = dataset.tensors
+        return (model(inputs).argmax(1) == targets).float().mean().item()
 
-    def with_tensors(cfg):
-        result = train(cfg)
-        for record in result["history"]:
-            if "loss" in record:
-                record["loss"] = torch.tensor(record["loss"])
-        return result
 
-    assert ".item()" in rejected(check_checkpoint_contents, with_tensors).hint
+def on_the_validation_split(model, dataset):  # ignores the dataset: a split of its own
+    return evaluate(model, load_digits_splits(seed=0).val)
 
 
-# ---- seeding ---------------------------------------------------------------------------------
+def drops_the_last_batch(model, dataset):
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for inputs, targets in DataLoader(dataset, batch_size=64, drop_last=True):
+            correct += (model(inputs).argmax(1) == targets).sum().item()
+            total += len(targets)
+    model.train()
+    return correct / total
 
 
-def test_seeding_rejects_no_seed():
-    assert "torch.manual_seed" in rejected(check_seeding, make_train(seed="none")).hint
+def mean_of_batch_accuracies(model, dataset):
+    model.eval()
+    accuracies = []
+    with torch.inference_mode():
+        for inputs, targets in DataLoader(dataset, batch_size=128):
+            accuracies.append((model(inputs).argmax(1) == targets).float().mean().item())
+    model.train()
+    return sum(accuracies) / len(accuracies)
 
 
-def test_seeding_rejects_a_seed_set_after_the_model_is_built():
-    failure = rejected(check_seeding, make_train(seed="after_model"))
-    assert "seed 0 gave different" in failure.what and "before the model" in failure.hint
+def as_a_percentage(model, dataset):
+    return 100 * evaluate(model, dataset)
 
 
-def test_seeding_rejects_a_fixed_seed_that_ignores_cfg_seed():
-    failure = rejected(check_seeding, make_train(seed="fixed"))
-    assert "same initial weights" in failure.what and "cfg.seed" in failure.hint
+def delegates_evaluation(model, dataset):
+    return course_lib.evaluate(model, DataLoader(dataset, batch_size=256))["eval_accuracy"]
 
 
-# ---- the checkpoint's contents ---------------------------------------------------------------
+EVALUATE_WRONG = [
+    (without_eval_mode, "training mode", "model.eval()"),
+    (with_a_graph, "recording a graph", "torch.inference_mode()"),
+    (left_in_eval_mode, "left the model in eval mode", "model.train()"),
+    (on_the_validation_split, "not in the dataset passed", "the `dataset` argument"),
+    (drops_the_last_batch, "of the 333 examples", "last, shorter batch"),
+    (mean_of_batch_accuracies, "the fraction of the dataset", "not a mean of batch accuracies"),
+    (as_a_percentage, "the fraction of the dataset", "between 0 and 1"),
+    (delegates_evaluation, "course_lib's own evaluate", "write it yourself"),
+]
 
 
-def test_checkpoint_rejects_a_missing_config():
-    failure = rejected(check_checkpoint_contents, make_train(config_in_checkpoint="missing"))
-    assert "no 'config'" in failure.what and "dataclasses.asdict(cfg)" in failure.hint
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, what, hint_text", EVALUATE_WRONG, ids=lambda a: getattr(a, "__name__", ""))
+def test_evaluate_rejects(answer, what, hint_text, seed):
+    failure = rejected(check_evaluate, answer, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
 
 
-def test_checkpoint_rejects_the_config_as_a_dataclass_object():
-    failure = rejected(check_checkpoint_contents, make_train(config_in_checkpoint="dataclass"))
-    assert "weights_only=True" in failure.what and "dataclasses.asdict(cfg)" in failure.hint
+# ---- (d) the data order: 9 wrong answers ------------------------------------------------------------
 
 
-def test_checkpoint_rejects_the_model_object_instead_of_its_state_dict():
-    failure = rejected(check_checkpoint_contents, make_train(save="model_object"))
-    assert "model.state_dict()" in failure.hint
+def global_generator(dataset, cfg):  # the order follows whatever drew random numbers before
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
 
 
-def test_checkpoint_rejects_a_checkpoint_without_its_step():
-    failure = rejected(check_checkpoint_contents, make_train(checkpoint_step=False))
-    assert "lacks 'step'" in failure.what and '"step": step' in failure.hint
+def seeds_torch_instead(dataset, cfg):
+    torch.manual_seed(cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
 
 
-# ---- best, not last --------------------------------------------------------------------------
+def fixed_seed(dataset, cfg):
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))
 
 
-def test_best_rejects_saving_the_last():
-    failure = rejected(check_best_not_last, make_train(save="last"))
-    assert "last evaluation's" in failure.what and "beats the best so far" in failure.hint
-
-
-def test_best_rejects_saving_only_the_first_evaluation():
-    failure = rejected(check_best_not_last, make_train(save="first"))
-    assert "not from the best" in failure.what and "update the best" in failure.hint
-
-
-def test_best_rejects_final_weights_saved_under_the_best_metric():
-    failure = rejected(check_best_not_last, make_train(save="best_later"))
-    assert "do not score" in failure.what and "copy.deepcopy" in failure.hint
-
-
-# ---- clipping --------------------------------------------------------------------------------
-
-
-def test_clipping_rejects_clipping_before_backward():
-    failure = rejected(check_clipping, make_train(clip="before_backward"))
-    assert "above the limit" in failure.what and "after backward()" in failure.hint
-
-
-def test_clipping_rejects_no_clipping():
-    assert "clip_grad_norm_" in rejected(check_clipping, make_train(clip="none")).hint
-
-
-def test_clipping_rejects_clipping_after_the_optimizer_step():
-    assert "right before the optimizer step" in rejected(check_clipping, make_train(clip="after_step")).hint
-
-
-def test_clipping_rejects_clipping_scaled_fp16_gradients():
-    failure = rejected(check_clipping, make_train(clip="before_unscale"))
-    assert "fp16" in failure.what and "scaler.unscale_(optimizer) before clip_grad_norm_" in failure.hint
-
-
-# ---- warmup ----------------------------------------------------------------------------------
-
-
-def test_warmup_rejects_a_scheduler_never_stepped():
-    failure = rejected(check_warmup, make_train(scheduler="never"))
-    assert "never changed" in failure.what and "scheduler.step()" in failure.hint
-
-
-def test_warmup_rejects_a_scheduler_stepped_once_per_epoch():
-    failure = rejected(check_warmup, make_train(scheduler="per_epoch"))
-    assert "not once per epoch" in failure.hint
-
-
-def test_warmup_rejects_a_schedule_without_warmup():
-    assert "warmup starts near 0" in rejected(check_warmup, make_train(scheduler="no_warmup")).what
-
-
-def test_warmup_rejects_recording_the_configured_lr_instead_of_the_used_one():
-    failure = rejected(check_warmup, make_train(record_lr="config"))
-    assert "optimizer.param_groups[0]['lr']" in failure.hint
-
-
-# ---- mixed precision -------------------------------------------------------------------------
-
-
-def test_precision_rejects_ignoring_the_precision():
-    failure = rejected(check_mixed_precision, make_train(precision="ignored"))
-    assert "bf16" in failure.what and "torch.autocast" in failure.hint
-
-
-def test_precision_rejects_bf16_used_for_fp16():
-    failure = rejected(check_mixed_precision, make_train(precision="always_bf16"))
-    assert "'fp16'" in failure.what and "torch.float16" in failure.hint
-
-
-def test_precision_rejects_fp16_without_a_gradient_scaler():
-    assert "GradScaler" in rejected(check_mixed_precision, make_train(precision="no_scaler")).hint
-
-
-# ---- the config class --------------------------------------------------------------------------
+SHARED = torch.Generator().manual_seed(0)
+
+
+def shared_generator(dataset, cfg):  # seeded once, shared by every loader
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=SHARED)
+
+
+def not_shuffled(dataset, cfg):
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+
+
+def batch_size_typed_in(dataset, cfg):
+    return DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def drops_the_last_short_batch(dataset, cfg):
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def one_permutation_for_every_epoch(dataset, cfg):
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))
+    return DataLoader(Subset(dataset, order.tolist()), batch_size=cfg.batch_size, shuffle=False)
+
+
+def library_loader(dataset, cfg):
+    return course_lib.make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed)
+
+
+LOADER_WRONG = [
+    (global_generator, "same cfg.seed", "generator of its own"),
+    (seeds_torch_instead, "same cfg.seed", "generator of its own"),
+    (fixed_seed, "gave the same order", "not from a fixed number"),
+    (shared_generator, "same cfg.seed", "generator of its own"),
+    (not_shuffled, "stored order", "shuffle=True"),
+    (batch_size_typed_in, "cfg.batch_size", "batch_size=cfg.batch_size"),
+    (drops_the_last_short_batch, "each of the", "keep the last"),
+    (one_permutation_for_every_epoch, "same order", "each epoch anew"),
+    (library_loader, "course_lib's own make_loader", "write it yourself"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, what, hint_text", LOADER_WRONG, ids=lambda a: getattr(a, "__name__", ""))
+def test_loader_rejects(answer, what, hint_text, seed):
+    failure = rejected(check_train_loader, answer, ExerciseConfig, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+# ---- (e) the whole loop: 13 wrong answers ------------------------------------------------------------
+
+
+def fit_in_disguise(cfg):
+    """Hands the work to course_lib.fit and reshapes its history into the contract's records."""
+    course_lib.seed_everything(cfg.seed)
+    library_cfg = course_lib.TrainConfig(
+        seed=cfg.seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+        eval_every=cfg.eval_every, precision=cfg.precision, log_every=1, device="cpu",
+        out_dir=cfg.out_dir)
+    model = MLP(hidden=cfg.hidden, dropout=cfg.dropout)
+    train_loader, val_loader = course_lib.make_digits_loaders(library_cfg)
+    result = course_lib.fit(model, train_loader, val_loader, library_cfg)
+    history = [{"step": r["step"], "loss": r["loss"], "lr": r["learning_rate"],
+                "grad_norm": r["grad_norm"]} for r in result.train]
+    history += [{"step": r["step"], "val_accuracy": r["eval_accuracy"]} for r in result.eval]
+    return {"history": history, "best_checkpoint": str(Path(cfg.out_dir) / "best.pt")}
+
+
+def constant_order_loader(dataset, cfg):
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))
+
+
+TRAIN_WRONG = [
+    ("delegates_to_fit", fit_in_disguise, "course_lib's own fit", "write it yourself"),
+    ("uses_the_library_schedule", make_train(multiplier=course_lib.warmup_cosine_multiplier), "course_lib's own warmup_cosine_multiplier",
+     "write it yourself"),
+    ("no_seed", make_train(seed="none"), "different initial weights", "before the model is built"),
+    ("seed_after_the_model", make_train(seed="after_model"), "different initial weights", "before the model"),
+    ("seed_typed_in", make_train(seed="fixed"), "same initial weights", "not a fixed number"),
+    ("data_order_ignores_the_seed", make_train(loader=constant_order_loader), "same order",
+     "make_train_loader"),
+    ("saves_the_last", make_train(save="last"), "not those of the best evaluation", "beats the best so far"),
+    ("keeps_a_live_state_dict", make_train(save="reference"), "a later evaluation",
+     "copy.deepcopy(model.state_dict())"),
+    ("no_config_in_checkpoint", make_train(config="missing"), "no 'config'", "dataclasses.asdict(cfg)"),
+    ("config_object_in_checkpoint", make_train(config="dataclass"), "weights_only=True",
+     "dataclasses.asdict(cfg)"),
+    ("schedule_over_epochs_not_steps", make_train(total="epochs"), "learning rate of step", "total_steps"),
+    ("scheduler_stepped_per_epoch", make_train(scheduler_steps=False), "learning rate of step",
+     "after every optimizer step"),
+    ("evaluates_on_the_test_split", make_train(eval_split="test"), "of which 0 from the validation split",
+     "not the test"),
+    ("evaluates_on_the_training_split", make_train(eval_split="train"), "of which 0 from the validation",
+     "load_digits_splits(seed=cfg.seed).val"),
+    ("never_calls_model_eval", make_train(eval_mode=False), "training mode", "model.eval()"),
+    ("skips_the_last_evaluation", make_train(eval_at_last=False), "evaluations on the validation split",
+     "step == total_steps"),
+    ("records_the_configured_lr", make_train(record_lr="config"), "says lr", "param_groups[0]['lr']"),
+    ("no_clipping", make_train(clip=False), "above cfg.grad_clip", "clip"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name, answer, what, hint_text", TRAIN_WRONG, ids=lambda a: a if isinstance(a, str) else "")
+def test_train_rejects(name, answer, what, hint_text, seed):
+    failure = rejected(check_train, answer, ExerciseConfig, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
 
 
 def test_a_config_class_missing_a_field_is_named():
-    fields = [(f.name, f.type, f.default) for f in dataclasses.fields(ExerciseConfig) if f.name != "hidden"]
-    NoHidden = dataclasses.make_dataclass("NoHidden", fields)
-    with pytest.raises(CheckFailure, match="no field 'hidden'"):
-        check_seeding(make_train(), NoHidden)
+    fields = [(f.name, f.type, f.default) for f in dataclasses.fields(ExerciseConfig) if f.name != "grad_clip"]
+    without = dataclasses.make_dataclass("WithoutClip", fields)
+    with pytest.raises(CheckFailure, match="no field 'grad_clip'"):
+        check_train_step(train_step, without)

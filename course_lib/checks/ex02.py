@@ -1,0 +1,436 @@
+"""Checks for exercise 02, a focal loss and a warmup-cosine schedule (introduced in exercise 02).
+
+The exercise: (a) write a multi-class `focal_loss(logits, targets, gamma, alpha=None)`, the mean
+over the batch of -alpha_t * (1 - p_t) ** gamma * log(p_t); (b) write `warmup_cosine(step,
+warmup_steps, total_steps, min_lr_ratio)`, the multiplier of the base learning rate that LambdaLR
+takes; (c) build the LambdaLR scheduler around it.
+
+The checks recompute every value with a float64 reference, run the learner's loss backward
+themselves, and drive the schedule through a real optimizer and LambdaLR they build, reading the
+learning rate each optimizer step actually used. While the learner's code runs, a profile function
+watches for calls into the library's own focal loss and schedules.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from course_lib.checks._core import CheckFailure, call_learner, make_hint, passed, require
+
+# Float32 arithmetic against a float64 reference: relative and absolute tolerance.
+LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-6
+GRAD_ATOL = 1e-5
+# A schedule is a formula: every step is compared with it at this tolerance.
+SCHEDULE_ATOL = 1e-6
+
+hint = make_hint({
+    "a": "take log(p) from F.log_softmax (never log of softmax), pick each example's log p_t with "
+    "gather, get p_t back with exp, weight -log p_t by (1 - p_t) ** gamma and by alpha[target], "
+    "and average over the examples",
+    "b": "two pieces: during warmup the multiplier rises linearly from 0 at step 0 to 1 at step "
+    "warmup_steps; after it, progress runs from 0 to 1 over the remaining total_steps - "
+    "warmup_steps steps and the multiplier is min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + "
+    "cos(pi * progress))",
+    "c": "LambdaLR(optimizer, lr_lambda) multiplies each group's base LR by lr_lambda(step): give "
+    "it a function of the step alone that calls your warmup_cosine with the other arguments fixed",
+})
+
+
+# ---- watching the learner's code -----------------------------------------------------------------
+
+
+def _code_objects(functions) -> dict:
+    """{code object: qualified name} of functions, looking through decorators and partials."""
+    import inspect
+
+    table = {}
+    for function in functions:
+        inner = inspect.unwrap(function)
+        code = getattr(inner, "__code__", None)
+        if code is not None:
+            table[code] = f"{inner.__module__}.{inner.__qualname__}"
+    return table
+
+
+def _library_losses() -> dict:
+    """The focal losses a learner could hand the work to: the library's, torchvision's."""
+    from course_lib import losses
+
+    functions = [losses.focal_loss, losses.FocalLoss.forward]
+    try:
+        from torchvision.ops import sigmoid_focal_loss
+    except ImportError:  # torchvision is not a dependency of the workbook
+        pass
+    else:
+        functions.append(sigmoid_focal_loss)
+    return _code_objects(functions)
+
+
+def _library_schedules() -> dict:
+    from course_lib import schedules
+
+    return _code_objects([schedules.warmup_cosine_multiplier, schedules.warmup_cosine,
+                          schedules.schedule_curve, schedules.build_scheduler,
+                          schedules.warmup_linear_multiplier])
+
+
+class _CallWatch:
+    """Records which of the watched functions start while a block runs (a profile function).
+
+    A profile function sees every Python call however the learner bound the name: an import under
+    another name, a lambda, a method.
+    """
+
+    def __init__(self, watched: dict):
+        self.watched = watched
+        self.called: list[str] = []
+        self._previous = None
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            name = self.watched.get(frame.f_code)
+            if name is not None and name not in self.called:
+                self.called.append(name)
+        if self._previous is not None:
+            self._previous(frame, event, arg)
+
+    def __enter__(self):
+        self._previous = sys.getprofile()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.setprofile(self._previous)
+        return False
+
+
+def _refuse_delegation(calls: _CallWatch, who: str, asked: str) -> None:
+    if calls.called:
+        raise CheckFailure(f"{who} called {calls.called[0]}, the library's own {asked}",
+                           hint="this exercise asks you to write it yourself, with torch "
+                           "operations (F.log_softmax, gather, exp, math.cos)")
+
+
+# ---- (a) focal_loss ------------------------------------------------------------------------------
+
+
+def reference_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float, alpha=None,
+                         *, on_p_t: bool = False, reduce: str = "mean") -> torch.Tensor:
+    """The contract in float64. `on_p_t` and `reduce` build the wrong variants the hints name."""
+    log_p = F.log_softmax(logits.double(), dim=-1)
+    log_p_t = log_p.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    p_t = log_p_t.exp()
+    weight = p_t if on_p_t else (-torch.expm1(log_p_t)).clamp_min(1e-300)
+    loss = -(weight ** gamma) * log_p_t
+    alpha_t = None
+    if alpha is not None:
+        alpha_t = torch.as_tensor(alpha, dtype=torch.float64)[targets.long()]
+        loss = alpha_t * loss
+    if reduce == "sum":
+        return loss.sum()
+    if reduce == "weighted":  # CrossEntropyLoss(weight=...)'s mean: divided by the sum of alpha_t
+        return loss.sum() / alpha_t.sum()
+    return loss.mean()
+
+
+def _batch(seed: int, size: int, classes: int, scale: float = 3.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(size, classes, generator=generator) * scale
+    targets = torch.randint(0, classes, (size,), generator=generator)
+    return logits, targets
+
+
+def _call_loss(focal_loss, logits, targets, gamma, alpha=None, *, grad: bool = False):
+    """The learner's loss on copies of the inputs, as a float32 leaf when `grad`; (loss, leaf)."""
+    leaf = logits.clone().requires_grad_(grad)
+    args = (leaf, targets.clone(), gamma)
+    with _CallWatch(_library_losses()) as calls:
+        if alpha is None:
+            loss = call_learner(focal_loss, *args, name="focal_loss")
+        else:
+            loss = call_learner(focal_loss, *args, alpha=alpha.clone(), name="focal_loss")
+    _refuse_delegation(calls, "focal_loss", "focal loss")
+    if not isinstance(loss, torch.Tensor):
+        raise CheckFailure("focal_loss should return a tensor", got=type(loss).__name__,
+                           hint="keep the computation in torch, so that backward() can run "
+                           "through it; no .item()")
+    if loss.dim() != 0:
+        raise CheckFailure("focal_loss should return one number, the mean over the batch",
+                           expected="a 0-dimensional tensor", got=f"shape {tuple(loss.shape)}",
+                           hint="average the per-example losses with .mean()")
+    return loss, leaf
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    return bool(torch.isclose(got.detach().double(), expected.detach(), rtol=LOSS_RTOL,
+                              atol=LOSS_ATOL))
+
+
+def _diagnose_value(got, logits, targets, gamma, alpha, where: str) -> None:
+    """Raise the failure that names the mistake behind a wrong value."""
+    expected = reference_focal_loss(logits, targets, gamma, alpha)
+    if _close(got, expected):
+        return
+    value = got.detach().double()
+    if not torch.isfinite(value):
+        raise CheckFailure(f"focal_loss returned {value.item()} {where}",
+                           expected=f"{expected.item():.6g}",
+                           hint="log(softmax(x)) underflows to log(0) = -inf when one logit is far "
+                           "above the others: use F.log_softmax, which computes it stably")
+    if gamma != 0 and _close(value, reference_focal_loss(logits, targets, gamma, alpha,
+                                                         on_p_t=True)):
+        raise CheckFailure(f"focal_loss weighted each example by p_t ** gamma {where}",
+                           expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                           hint="the modulating factor is (1 - p_t) ** gamma: it is small for the "
+                           "easy examples (p_t near 1), which is the whole point")
+    if _close(value, reference_focal_loss(logits, targets, gamma, alpha, reduce="sum")):
+        raise CheckFailure(f"focal_loss returned the sum over the batch {where}",
+                           expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                           hint="the contract is the mean over the examples: divide by the batch "
+                           "size (.mean())")
+    if alpha is not None:
+        if _close(value, reference_focal_loss(logits, targets, gamma, None)):
+            raise CheckFailure(f"focal_loss ignored alpha {where}",
+                               expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                               hint="multiply each example's loss by alpha[its target class]")
+        if _close(value, reference_focal_loss(logits, targets, gamma, alpha, reduce="weighted")):
+            raise CheckFailure(f"focal_loss divided by the sum of the alpha weights {where}",
+                               expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                               hint="that is CrossEntropyLoss(weight=...)'s mean; the contract "
+                               "averages over the examples: divide by the batch size")
+        raise CheckFailure(f"focal_loss with per-class alpha differs from the contract {where}",
+                           expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                           hint="alpha_t is alpha[target]: the weight of each example's TRUE "
+                           "class, not of its predicted class or of every class")
+    raise CheckFailure(f"focal_loss differs from -(1 - p_t) ** gamma * log(p_t) {where}",
+                       expected=f"{expected.item():.6g}", got=f"{value.item():.6g}",
+                       hint="p_t is the softmax probability of each example's TRUE class; take "
+                       "log p_t from F.log_softmax and gather")
+
+
+def check_focal_loss(focal_loss, *, seed: int = 0) -> None:
+    """focal_loss(logits, targets, gamma, alpha=None): the mean over the batch of
+    -alpha[target] * (1 - p_t) ** gamma * log(p_t), stable for large logits, with finite gradients
+    equal to the formula's."""
+    # gamma = 0 without alpha is cross-entropy.
+    logits, targets = _batch(seed, 16, 5)
+    got, _ = _call_loss(focal_loss, logits, targets, 0.0)
+    expected = F.cross_entropy(logits.double(), targets)
+    if not _close(got, expected):
+        _diagnose_value(got, logits, targets, 0.0, None, "with gamma = 0")
+    # Known values: one confident, one unsure and one wrong example.
+    known_logits = torch.tensor([[2.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    known_targets = torch.tensor([0, 0, 0])
+    for gamma in (0.5, 1.0, 2.0, 5.0):
+        got, _ = _call_loss(focal_loss, known_logits, known_targets, gamma)
+        _diagnose_value(got, known_logits, known_targets, gamma, None,
+                        f"on the three-example batch of the notebook with gamma = {gamma:g}")
+    # Random batches, other sizes, per-class alpha.
+    for size, classes, gamma in ((24, 10, 2.0), (7, 3, 1.5)):
+        logits, targets = _batch(seed + 1, size, classes)
+        got, _ = _call_loss(focal_loss, logits, targets, gamma)
+        _diagnose_value(got, logits, targets, gamma, None, f"on a batch of {size} with {classes} "
+                        f"classes, gamma = {gamma:g}")
+        generator = torch.Generator().manual_seed(seed + 2)
+        alpha = 0.1 + torch.rand(classes, generator=generator) * 2
+        got, _ = _call_loss(focal_loss, logits, targets, gamma, alpha)
+        _diagnose_value(got, logits, targets, gamma, alpha, f"with per-class alpha {classes} "
+                        "weights")
+    # Large logits: log of softmax underflows.
+    logits, targets = _batch(seed + 3, 12, 4, scale=300.0)
+    got, _ = _call_loss(focal_loss, logits, targets, 2.0)
+    _diagnose_value(got, logits, targets, 2.0, None, "for logits around +-300")
+    # Gradients: finite and equal to the formula's, also where p_t rounds to 1 with gamma < 1.
+    logits, targets = _batch(seed + 4, 10, 4)
+    logits[0] = torch.tensor([40.0, 0.0, 0.0, 0.0])  # p_t is 1 in float32
+    targets[0] = 0
+    for gamma in (2.0, 0.5):
+        got, leaf = _call_loss(focal_loss, logits, targets, gamma, grad=True)
+        if got.grad_fn is None:
+            raise CheckFailure("focal_loss returned a tensor that backward() cannot go through",
+                               hint="no .item(), .detach() or torch.tensor(...) of a result on "
+                               "the way: keep every step a torch operation on the logits")
+        got.backward()
+        reference = logits.double().requires_grad_(True)
+        reference_focal_loss(reference, targets, gamma).backward()
+        grad = leaf.grad
+        if grad is None or not torch.isfinite(grad).all():
+            bad = "no gradient" if grad is None else f"{int((~torch.isfinite(grad)).sum())} " \
+                "non-finite gradient values"
+            raise CheckFailure(f"focal_loss gave {bad} with gamma = {gamma:g} for a batch with one "
+                               "example whose p_t rounds to 1",
+                               hint="for gamma < 1, (1 - p_t) ** gamma has an infinite slope at "
+                               "1 - p_t = 0 and 0 * inf is NaN: keep 1 - p_t above a tiny floor "
+                               "(clamp) before the power")
+        if not torch.allclose(grad.double(), reference.grad, atol=GRAD_ATOL, rtol=1e-4):
+            largest = (grad.double() - reference.grad).abs().max().item()
+            raise CheckFailure(f"the gradient of focal_loss differs from the formula's with gamma "
+                               f"= {gamma:g} (largest difference {largest:.3g})",
+                               hint="the factor (1 - p_t) ** gamma is part of the loss: compute it "
+                               "from the logits without .detach(), so backward() sees it")
+    passed("focal_loss matches cross-entropy at gamma = 0, the formula for gamma in 0.5..5 with "
+           "and without alpha, stays finite for logits of 300, and its gradients are the formula's")
+
+
+# ---- (b) warmup_cosine ---------------------------------------------------------------------------
+
+
+def reference_multiplier(step: int, warmup_steps: int, total_steps: int,
+                         min_lr_ratio: float = 0.0) -> float:
+    """The contract: 0 at step 0, 1 at step warmup_steps, min_lr_ratio at step total_steps."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _linear_multiplier(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
+
+
+# (warmup_steps, total_steps, min_lr_ratio): a usual one, a floor, and the shortest warmup.
+SCHEDULE_CASES = ((10, 100, 0.0), (7, 50, 0.1), (1, 12, 0.05))
+BASE_LR = 0.5
+
+
+def _as_number(value, step: int, name: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckFailure(f"{name} returned {type(value).__name__} at step {step}",
+                           expected="a number", hint="return a Python float: LambdaLR multiplies "
+                           "each base learning rate by it")
+    return float(value)
+
+
+def _lrs_used(optimizer, scheduler, steps: int) -> list[list[float]]:
+    """The LR of every group at each of `steps` optimizer steps, read as each step starts."""
+    used = []
+
+    def record(opt, args, kwargs):
+        used.append([group["lr"] for group in opt.param_groups])
+
+    handle = optimizer.register_step_pre_hook(record)
+    try:
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+    finally:
+        handle.remove()
+    return used
+
+
+def _diagnose_curve(got: list[float], warmup: int, total: int, ratio: float, name: str,
+                    what: str) -> None:
+    """Raise the failure naming the mistake in a multiplier curve over steps 0..total."""
+    expected = [reference_multiplier(s, warmup, total, ratio) for s in range(total + 1)]
+    wrong = [s for s in range(total + 1) if abs(got[s] - expected[s]) > SCHEDULE_ATOL]
+    if not wrong:
+        return
+    case = f"(warmup_steps={warmup}, total_steps={total}, min_lr_ratio={ratio:g})"
+    first = wrong[0]
+    measured = (f"{what} of step {first} was {got[first]:.6g}; the contract says "
+                f"{expected[first]:.6g}")
+    if abs(got[0]) > SCHEDULE_ATOL and abs(got[0] - 1 / warmup) <= SCHEDULE_ATOL:
+        hint = ("the warmup is one step early: step 0, the first step, must have multiplier 0, and "
+                "step warmup_steps exactly 1")
+    elif abs(got[0]) > SCHEDULE_ATOL:
+        hint = "the first step (step 0) starts from 0: the warmup rises from nothing"
+    elif first <= warmup:
+        hint = ("during warmup the multiplier is step / warmup_steps, reaching exactly 1 at step "
+                "warmup_steps; check the bound of your warmup branch")
+    elif all(abs(got[s] - _linear_multiplier(s, warmup, total, ratio)) <= SCHEDULE_ATOL
+             for s in range(total + 1)):
+        hint = ("after the warmup this decays in a straight line; the contract is half a cosine: "
+                "0.5 * (1 + cos(pi * progress))")
+    elif abs(got[total] - ratio) > SCHEDULE_ATOL:
+        hint = (f"at step total_steps the multiplier must be min_lr_ratio ({ratio:g}), got "
+                f"{got[total]:.4g}: progress runs over total_steps - warmup_steps steps, and the "
+                "cosine is scaled into [min_lr_ratio, 1]")
+    else:
+        hint = ("after the warmup: progress = (step - warmup_steps) / (total_steps - "
+                "warmup_steps), multiplier = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * "
+                "(1 + cos(pi * progress))")
+    raise CheckFailure(f"{name} {case}: the {measured}", hint=hint)
+
+
+def check_warmup_cosine(warmup_cosine) -> None:
+    """warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio): the contract's value at every
+    step, directly and as the learning rate a real LambdaLR gives each optimizer step."""
+    watched = _library_schedules()
+    for warmup, total, ratio in SCHEDULE_CASES:
+        with _CallWatch(watched) as calls:
+            got = [_as_number(call_learner(warmup_cosine, s, warmup, total, ratio,
+                                           name="warmup_cosine"), s, "warmup_cosine")
+                   for s in range(total + 1)]
+        if calls.called:
+            raise CheckFailure(f"warmup_cosine called {calls.called[0]}, the library's own "
+                               "schedule", hint="this exercise asks you to write the formula "
+                               "yourself, with math.cos")
+        _diagnose_curve(got, warmup, total, ratio, "warmup_cosine", "multiplier")
+        # The same through a real optimizer and LambdaLR: the LR each optimizer step used.
+        optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=BASE_LR)
+        scheduler = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, ratio))
+        used = [lrs[0] / BASE_LR for lrs in _lrs_used(optimizer, scheduler, total)]
+        _diagnose_curve(used + [got[total]], warmup, total, ratio, "through LambdaLR, with "
+                        "warmup_cosine", "learning rate (over the base LR)")
+    warmup, total, ratio = SCHEDULE_CASES[0]
+    passed(f"warmup_cosine follows the contract at every step of {len(SCHEDULE_CASES)} schedules: "
+           f"0 at step 0, 1 at step {warmup}, falling to {ratio:g} at step {total}, also as the "
+           "LR a real LambdaLR gave each optimizer step")
+
+
+# ---- (c) the scheduler ---------------------------------------------------------------------------
+
+
+def check_make_scheduler(make_scheduler, warmup_cosine) -> None:
+    """make_scheduler(optimizer, warmup_steps, total_steps, min_lr_ratio): a LambdaLR over the
+    learner's warmup_cosine, giving every parameter group its base LR times the multiplier."""
+    warmup, total, ratio = 5, 40, 0.1
+    model = torch.nn.Linear(4, 3)
+    base_lrs = [0.1, 0.02]
+    optimizer = torch.optim.SGD([{"params": [model.weight], "lr": base_lrs[0]},
+                                 {"params": [model.bias], "lr": base_lrs[1]}], lr=base_lrs[0])
+    learner_code = _code_objects([warmup_cosine])
+    with _CallWatch({**_library_schedules(), **learner_code}) as calls:
+        scheduler = call_learner(make_scheduler, optimizer, warmup, total, ratio,
+                                 name="make_scheduler")
+        require(isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler),
+                "make_scheduler should return a learning-rate scheduler",
+                got=type(scheduler).__name__,
+                hint="return LambdaLR(optimizer, ...) itself, not the multiplier function")
+        used = _lrs_used(optimizer, scheduler, total)
+    library = [name for name in calls.called if name not in learner_code.values()]
+    if library:
+        raise CheckFailure(f"make_scheduler used {library[0]}, the library's own schedule",
+                           hint="give LambdaLR a function that calls YOUR warmup_cosine from (b)")
+    if not calls.called:
+        raise CheckFailure("the scheduler never called your warmup_cosine",
+                           hint="the lr_lambda you give LambdaLR should call warmup_cosine(step, "
+                           "warmup_steps, total_steps, min_lr_ratio)")
+    expected_end = reference_multiplier(total, warmup, total, ratio)
+    for group, base in enumerate(base_lrs):
+        got = [lrs[group] / base for lrs in used]
+        if abs(got[warmup] - base) <= SCHEDULE_ATOL:
+            raise CheckFailure(f"at the peak (step {warmup}) parameter group {group} got its base "
+                               f"LR squared ({got[warmup] * base:.4g}) instead of its base LR "
+                               f"({base:g})", hint="LambdaLR already multiplies each base LR by "
+                               "what lr_lambda returns: return the multiplier alone")
+        if abs(got[0] - reference_multiplier(1, warmup, total, ratio)) <= SCHEDULE_ATOL:
+            raise CheckFailure(f"the first optimizer step used the LR of step 1 "
+                               f"({got[0] * base:.4g}, not 0)",
+                               hint="make_scheduler should not step the scheduler: the training "
+                               "loop steps it, after each optimizer.step()")
+        _diagnose_curve(got + [expected_end], warmup, total, ratio,
+                        f"make_scheduler, parameter group {group} with base LR {base:g},",
+                        "learning rate (over the base LR)")
+    passed(f"make_scheduler gave both parameter groups their base LR times warmup_cosine at each "
+           f"of {total} optimizer steps")
