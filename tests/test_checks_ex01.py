@@ -17,7 +17,6 @@ Corpus sizes: (a) lr_multiplier 9, (b) train_step 13, (c) evaluate 8, (d) make_t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os

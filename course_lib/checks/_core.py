@@ -8,6 +8,7 @@ line (what was expected, what came back, a hint) instead of a wall of traceback.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 
@@ -95,3 +96,63 @@ def make_hint(table: dict[str, str]):
 
     hint.questions = tuple(table)
     return hint
+
+
+# ---- watching the learner's code call the library -----------------------------------------------
+
+
+def code_objects(functions) -> dict:
+    """{code object: qualified name} of `functions`, looking through decorators."""
+    table = {}
+    for function in functions:
+        inner = inspect.unwrap(function)
+        code = getattr(inner, "__code__", None)
+        if code is not None:
+            table[code] = f"{inner.__module__}.{inner.__qualname__}"
+    return table
+
+
+class CallWatch:
+    """Records, in order, which watched functions start while a block runs.
+
+    Watched are the functions whose code objects are the keys of `watched` (see `code_objects`),
+    and every function defined in a module named by one of the `modules` prefixes (less those in
+    `exclude`). A profile function sees each call however the learner reached the function: by its
+    module, a name imported into the notebook, an alias or a lambda, which patching module
+    attributes would miss. A profile function set before the block keeps running.
+    """
+
+    def __init__(self, watched: dict | None = None, modules=(), exclude=()):
+        self.watched = watched or {}
+        self.modules, self.exclude = tuple(modules), tuple(exclude)
+        self.called: list[str] = []
+        self._previous = None
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            name = self.watched.get(frame.f_code)
+            if name is None and self.modules:
+                module = frame.f_globals.get("__name__", "")
+                if module.startswith(self.modules) and not module.startswith(self.exclude or ("\0",)):
+                    name = f"{module}.{frame.f_code.co_qualname}"
+            if name is not None and name not in self.called:
+                self.called.append(name)
+        if self._previous is not None:
+            self._previous(frame, event, arg)
+
+    def __enter__(self):
+        self._previous = sys.getprofile()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.setprofile(self._previous)
+        return False
+
+    def first(self, *prefixes: str) -> str | None:
+        """The first recorded call under the first of `prefixes` that has one."""
+        for prefix in prefixes:
+            for name in self.called:
+                if name.startswith(prefix):
+                    return name
+        return None

@@ -26,7 +26,7 @@ check can observe itself:
 - the checkpoint's weights are compared with the weights the check saw at each evaluation.
 
 Every check takes a `seed` keyword (0 in the notebook); the tests validate each check over many
-seeds. The small helpers the checks share (`_LibraryCalls`, `_config`) live in this module.
+seeds. Calls into the library are watched with `_core.CallWatch`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import math
 import numbers
 import pickle
 import random
-import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -52,7 +51,7 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
-from course_lib.checks._core import CheckFailure, call_learner, make_hint, passed, require
+from course_lib.checks._core import CallWatch, CheckFailure, call_learner, make_hint, passed, require
 from course_lib.data import load_digits_splits
 from course_lib.models import MLP
 
@@ -81,48 +80,10 @@ _SCHEDULER_HINT = ("call scheduler.step() once per training step, after the opti
 # ---- shared helpers ---------------------------------------------------------------------------------
 
 
-class _LibraryCalls:
-    """While active, records every course_lib function called (module.qualname), however imported.
-
-    A profile hook sees a function imported by name (`from course_lib import fit`) as well as one
-    reached through its module, which patching module attributes would miss.
-    """
-
-    def __init__(self):
-        self.called: list[str] = []
-        self._previous = None
-
-    def _profile(self, frame, event, arg):
-        if event == "call":
-            module = frame.f_globals.get("__name__", "")
-            if module.startswith("course_lib.") and not module.startswith("course_lib.checks"):
-                code = frame.f_code  # co_qualname is Python 3.11+; co_name serves on 3.10
-                name = f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
-                if name not in self.called:
-                    self.called.append(name)
-
-    def __enter__(self):
-        self._previous = sys.getprofile()
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc_info):
-        sys.setprofile(self._previous)
-
-    def first(self, *prefixes: str) -> str | None:
-        """The first recorded call under the first of `prefixes` that has one: the loop itself
-        is named before a helper it was called with."""
-        for prefix in prefixes:
-            for name in self.called:
-                if name.startswith(prefix):
-                    return name
-        return None
-
-
 def _call_watched(fn, *args, name: str, prefixes, instead: str):
     """Call the learner's function; name a call into course_lib's own version of it first,
     even when the function then crashed."""
-    with _LibraryCalls() as calls:
+    with CallWatch(modules=("course_lib.",), exclude=("course_lib.checks",)) as calls:
         try:
             result = call_learner(fn, *args, name=name)
         except CheckFailure:
@@ -132,7 +93,7 @@ def _call_watched(fn, *args, name: str, prefixes, instead: str):
     return result
 
 
-def _refuse_delegation(calls: _LibraryCalls, prefixes, what: str, instead: str) -> None:
+def _refuse_delegation(calls: CallWatch, prefixes, what: str, instead: str) -> None:
     name = calls.first(*prefixes)
     if name is not None:
         public = name.rsplit(".", 1)[-1]
@@ -401,7 +362,6 @@ def check_train_step(train_step, config_class, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     for phase in STEP_PHASES:
         cfg = _config(config_class, seed=seed, **phase)
-        precision = cfg.precision
         mine = _step_world(seed, cfg)
         ref = _step_world(seed, cfg)
         for index in range(STEPS_PER_PHASE):

@@ -14,13 +14,20 @@ watches for calls into the library's own focal loss and schedules.
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from course_lib.checks._core import CheckFailure, call_learner, make_hint, passed, require
+from course_lib.checks._core import (
+    CallWatch,
+    CheckFailure,
+    call_learner,
+    code_objects,
+    make_hint,
+    passed,
+    require,
+)
 
 # Float32 arithmetic against a float64 reference: relative and absolute tolerance.
 LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-6
@@ -44,19 +51,6 @@ hint = make_hint({
 # ---- watching the learner's code -----------------------------------------------------------------
 
 
-def _code_objects(functions) -> dict:
-    """{code object: qualified name} of functions, looking through decorators and partials."""
-    import inspect
-
-    table = {}
-    for function in functions:
-        inner = inspect.unwrap(function)
-        code = getattr(inner, "__code__", None)
-        if code is not None:
-            table[code] = f"{inner.__module__}.{inner.__qualname__}"
-    return table
-
-
 def _library_losses() -> dict:
     """The focal losses a learner could hand the work to: the library's, torchvision's."""
     from course_lib import losses
@@ -68,48 +62,18 @@ def _library_losses() -> dict:
         pass
     else:
         functions.append(sigmoid_focal_loss)
-    return _code_objects(functions)
+    return code_objects(functions)
 
 
 def _library_schedules() -> dict:
     from course_lib import schedules
 
-    return _code_objects([schedules.warmup_cosine_multiplier, schedules.warmup_cosine,
+    return code_objects([schedules.warmup_cosine_multiplier, schedules.warmup_cosine,
                           schedules.schedule_curve, schedules.build_scheduler,
                           schedules.warmup_linear_multiplier])
 
 
-class _CallWatch:
-    """Records which of the watched functions start while a block runs (a profile function).
-
-    A profile function sees every Python call however the learner bound the name: an import under
-    another name, a lambda, a method.
-    """
-
-    def __init__(self, watched: dict):
-        self.watched = watched
-        self.called: list[str] = []
-        self._previous = None
-
-    def _profile(self, frame, event, arg):
-        if event == "call":
-            name = self.watched.get(frame.f_code)
-            if name is not None and name not in self.called:
-                self.called.append(name)
-        if self._previous is not None:
-            self._previous(frame, event, arg)
-
-    def __enter__(self):
-        self._previous = sys.getprofile()
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc_info):
-        sys.setprofile(self._previous)
-        return False
-
-
-def _refuse_delegation(calls: _CallWatch, who: str, asked: str) -> None:
+def _refuse_delegation(calls: CallWatch, who: str, asked: str) -> None:
     if calls.called:
         raise CheckFailure(f"{who} called {calls.called[0]}, the library's own {asked}",
                            hint="this exercise asks you to write it yourself, with torch "
@@ -149,7 +113,7 @@ def _call_loss(focal_loss, logits, targets, gamma, alpha=None, *, grad: bool = F
     """The learner's loss on copies of the inputs, as a float32 leaf when `grad`; (loss, leaf)."""
     leaf = logits.clone().requires_grad_(grad)
     args = (leaf, targets.clone(), gamma)
-    with _CallWatch(_library_losses()) as calls:
+    with CallWatch(_library_losses()) as calls:
         if alpha is None:
             loss = call_learner(focal_loss, *args, name="focal_loss")
         else:
@@ -367,7 +331,7 @@ def check_warmup_cosine(warmup_cosine) -> None:
     step, directly and as the learning rate a real LambdaLR gives each optimizer step."""
     watched = _library_schedules()
     for warmup, total, ratio in SCHEDULE_CASES:
-        with _CallWatch(watched) as calls:
+        with CallWatch(watched) as calls:
             got = [_as_number(call_learner(warmup_cosine, s, warmup, total, ratio,
                                            name="warmup_cosine"), s, "warmup_cosine")
                    for s in range(total + 1)]
@@ -399,8 +363,8 @@ def check_make_scheduler(make_scheduler, warmup_cosine) -> None:
     base_lrs = [0.1, 0.02]
     optimizer = torch.optim.SGD([{"params": [model.weight], "lr": base_lrs[0]},
                                  {"params": [model.bias], "lr": base_lrs[1]}], lr=base_lrs[0])
-    learner_code = _code_objects([warmup_cosine])
-    with _CallWatch({**_library_schedules(), **learner_code}) as calls:
+    learner_code = code_objects([warmup_cosine])
+    with CallWatch({**_library_schedules(), **learner_code}) as calls:
         scheduler = call_learner(make_scheduler, optimizer, warmup, total, ratio,
                                  name="make_scheduler")
         require(isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler),

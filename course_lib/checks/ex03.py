@@ -16,7 +16,6 @@ learner's code runs are refused: writing the step is the exercise.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from contextlib import contextmanager
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks._core import CheckFailure, call_learner, make_hint, passed
+from course_lib.checks._core import CallWatch, CheckFailure, call_learner, make_hint, passed
 
 hint = make_hint({
     "a": "every micro-batch's mean loss must count in proportion to its examples: multiply it by "
@@ -137,28 +136,6 @@ def _largest_difference(got, expected) -> float:
 
 
 @contextmanager
-def _watch_library():
-    """Record the functions of course_lib.loop called while the block runs, however reached."""
-    import course_lib.loop
-
-    library_file = course_lib.loop.__file__
-    called = []
-    previous = sys.getprofile()
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code.co_filename == library_file:
-            called.append(f"course_lib.loop.{frame.f_code.co_name}")
-        if previous is not None:
-            previous(frame, event, arg)
-
-    sys.setprofile(profile)
-    try:
-        yield called
-    finally:
-        sys.setprofile(previous)
-
-
-@contextmanager
 def _watch_forwards(model: nn.Module):
     """Record the number of examples of every forward pass of `model` while the block runs."""
     sizes = []
@@ -186,9 +163,9 @@ def _refuse_delegation(called: list[str], name: str) -> None:
 
 
 def _run(fn, name: str, *args, **kwargs):
-    with _watch_library() as called:
+    with CallWatch(modules=("course_lib.loop",)) as calls:
         result = call_learner(fn, *args, name=name, **kwargs)
-    _refuse_delegation(called, name)
+    _refuse_delegation(calls.called, name)
     return result
 
 

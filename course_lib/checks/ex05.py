@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import math
 import random
-import sys
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks._core import CheckFailure, call_learner, make_hint, passed, require
+from course_lib.checks._core import (
+    CallWatch,
+    CheckFailure,
+    call_learner,
+    code_objects,
+    make_hint,
+    passed,
+    require,
+)
 from course_lib.models import MLP
 
 hint = make_hint({
@@ -54,30 +60,6 @@ def _number(value, what: str, hint_text: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise CheckFailure(f"{what} should be a number", got=type(value).__name__, hint=hint_text)
     return float(value)
-
-
-@contextmanager
-def _watch_calls(functions):
-    """Record every call of `functions` (by code object) while the block runs.
-
-    A profile function sees calls however the learner reached the function: through the module,
-    a name imported into the notebook, or an alias.
-    """
-    codes = {f.__code__: f"{f.__module__}.{f.__qualname__}" for f in functions}
-    called = []
-    previous = sys.getprofile()
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code in codes:
-            called.append(codes[frame.f_code])
-        if previous is not None:
-            previous(frame, event, arg)
-
-    sys.setprofile(profile)
-    try:
-        yield called
-    finally:
-        sys.setprofile(previous)
 
 
 def _library_functions(*names):
@@ -144,10 +126,10 @@ def check_masked_sums(masked_sums, seed: int = 0) -> None:
     for description, rows, padding in cases:
         logits, targets, mask = _masked_batch(seed + rows, rows, padding)
         inputs = (logits.clone(), targets.clone(), mask.clone())
-        with _watch_calls(_library_functions()) as library_calls:
+        with CallWatch(code_objects(_library_functions())) as library_calls:
             result = call_learner(masked_sums, *inputs, name="masked_sums")
-        if library_calls:
-            raise CheckFailure(f"masked_sums called {library_calls[0]}",
+        if library_calls.called:
+            raise CheckFailure(f"masked_sums called {library_calls.called[0]}",
                                hint="this exercise asks you to write the sums yourself, from the "
                                "per-row losses and the mask")
         loss_sum, correct, count = _sums_of(result, "masked_sums")
@@ -327,10 +309,10 @@ def check_evaluate_exact(evaluate_exact, seed: int = 0) -> None:
                 model.train(start_mode)
                 seen.clear()
                 loader = _Loader(batches)
-                with _watch_calls(_library_functions()) as library_calls:
+                with CallWatch(code_objects(_library_functions())) as library_calls:
                     result = call_learner(evaluate_exact, model, loader, name="evaluate_exact")
-                if library_calls:
-                    raise CheckFailure(f"evaluate_exact called {library_calls[0]}",
+                if library_calls.called:
+                    raise CheckFailure(f"evaluate_exact called {library_calls.called[0]}",
                                        hint="this exercise asks you to write the evaluation "
                                        "loop yourself: iterate over the loader and add up each "
                                        "batch's sums")
@@ -443,12 +425,12 @@ def check_stratified_sample(stratified_sample, seed: int = 0) -> None:
     ]
 
     def draw(labels, size, draw_seed, what):
-        with _watch_calls(_library_functions("stratified_indices", "stratified_subset",
-                                             "stratified_counts")) as library_calls:
+        with CallWatch(code_objects(_library_functions("stratified_indices", "stratified_subset",
+                                             "stratified_counts"))) as library_calls:
             result = call_learner(stratified_sample, labels.clone(), size, draw_seed,
                                   name="stratified_sample")
-        if library_calls:
-            raise CheckFailure(f"stratified_sample called {library_calls[0]}",
+        if library_calls.called:
+            raise CheckFailure(f"stratified_sample called {library_calls.called[0]}",
                                hint="this exercise asks you to write the sampler yourself; "
                                "course_lib's is there to compare with afterwards")
         return _indices_of(result, what, labels)

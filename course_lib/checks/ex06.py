@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 from collections import Counter
 
 import numpy as np
@@ -27,9 +26,11 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from course_lib.checks._core import (
+    CallWatch,
     CheckFailure,
     NotImplementedYet,
     call_learner,
+    code_objects,
     make_hint,
     passed,
     require,
@@ -97,19 +98,6 @@ hint = make_hint({
 # ---- watching the learner's code -----------------------------------------------------------------
 
 
-def _code_objects(functions) -> dict:
-    """{code object: qualified name} of functions, looking through decorators."""
-    import inspect
-
-    table = {}
-    for function in functions:
-        inner = inspect.unwrap(function)
-        code = getattr(inner, "__code__", None)
-        if code is not None:
-            table[code] = f"{inner.__module__}.{inner.__qualname__}"
-    return table
-
-
 def _library_per_class() -> dict:
     """The library's and scikit-learn's own ways to compute per-class accuracy (recall)."""
     import sklearn.metrics
@@ -123,46 +111,17 @@ def _library_per_class() -> dict:
               sklearn.metrics.balanced_accuracy_score, sklearn.metrics.classification_report,
               sklearn.metrics.precision_recall_fscore_support,
               _classification.multilabel_confusion_matrix]
-    return _code_objects(ours + theirs)
+    return code_objects(ours + theirs)
 
 
 def _library_evaluation() -> dict:
     """What `train_and_log` must not hand its evaluation to: the library's loop and metrics."""
     from course_lib import loop
 
-    return {**_library_per_class(), **_code_objects([loop.fit, loop.evaluate])}
+    return {**_library_per_class(), **code_objects([loop.fit, loop.evaluate])}
 
 
-class _CallWatch:
-    """Records which of the watched functions start while a block runs (a profile function).
-
-    A profile function sees every Python call, however the learner bound the name: an import
-    under another name, a lambda, a method. Only the learner's call runs inside the block.
-    """
-
-    def __init__(self, watched: dict):
-        self.watched = watched
-        self.called: list[str] = []
-
-    def _profile(self, frame, event, arg):
-        if event == "call":
-            name = self.watched.get(frame.f_code)
-            if name is not None and name not in self.called:
-                self.called.append(name)
-        if self._previous is not None:
-            self._previous(frame, event, arg)
-
-    def __enter__(self):
-        self._previous = sys.getprofile()
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc_info):
-        sys.setprofile(self._previous)
-        return False
-
-
-def _refuse_delegation(calls: _CallWatch, who: str, asked: str, instead: str) -> None:
+def _refuse_delegation(calls: CallWatch, who: str, asked: str, instead: str) -> None:
     if calls.called:
         raise CheckFailure(f"{who} called {calls.called[0]}, the library's own {asked}",
                            hint=f"this exercise asks you to write it yourself: {instead}")
@@ -362,7 +321,7 @@ def _batch(sizes, correct, shift=3, seed=0, relabel=True):
 def _call_per_class(per_class_accuracy, preds, targets, absent):
     """Call the learner's function under watch; a division by zero becomes a hint about NaN."""
     try:
-        with _CallWatch(_library_per_class()) as calls:
+        with CallWatch(_library_per_class()) as calls:
             result = call_learner(per_class_accuracy, preds.clone(), targets.clone(), NUM_CLASSES,
                                   name="per_class_accuracy")
     except NotImplementedYet:
@@ -540,11 +499,11 @@ def check_make_imbalanced(make_imbalanced, *, seed: int = 0) -> None:
     before = dataset.tensors[0].clone(), dataset.tensors[1].clone()
     original = class_counts(dataset)
     labels = dataset.tensors[1]
-    watched = _code_objects([downsample_class])
+    watched = code_objects([downsample_class])
 
     def run(cls, keep_fraction, pick_seed):
         what = f"make_imbalanced(dataset, {cls}, {keep_fraction}, seed={pick_seed})"
-        with _CallWatch(watched) as calls:
+        with CallWatch(watched) as calls:
             result = call_learner(make_imbalanced, dataset, cls, keep_fraction, seed=pick_seed,
                                   name="make_imbalanced")
         _refuse_delegation(calls, "make_imbalanced", "downsampling",
@@ -772,7 +731,7 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
     torch.manual_seed(seed)
     model = MLP(dropout=0.2)  # dropout makes train and eval mode predict differently
     counter = _StepCounter()
-    with counter, _ModelWatch(model, counter) as watch, _CallWatch(_library_evaluation()) as calls:
+    with counter, _ModelWatch(model, counter) as watch, CallWatch(_library_evaluation()) as calls:
         history = call_learner(train_and_log, model, train_set, splits.val, epochs=1,
                                batch_size=32, eval_every=3, name="train_and_log")
     _refuse_delegation(calls, "train_and_log", "evaluation or per-class accuracy",
