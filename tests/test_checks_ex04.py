@@ -10,6 +10,7 @@ failed on seeds 0 and 1 (those fail on content, which the seed does not make eas
 reference ran 3.2-6.2x faster than the baseline, the low end only under the heaviest load.
 """
 
+import multiprocessing
 import os
 
 import pytest
@@ -355,6 +356,30 @@ class NormalisesTheCacheInPlace(FastPipeline):
 ])
 def test_fast_pipeline_check_rejects(answer, hint_text, what, seed):
     fails_with(check_fast_pipeline, answer, seed, hint=hint_text, what=what)
+
+
+def test_fast_pipeline_check_stops_the_workers_it_started():
+    # A pipeline whose persistent workers outlive the check would be stopped later by the
+    # garbage collector, with a 5 s timeout per worker, in the middle of whatever runs then.
+    assert not multiprocessing.active_children()
+    fails_with(check_fast_pipeline, workers_own_shuffle, 0, what="another order")
+    assert not multiprocessing.active_children()
+
+
+def test_build_cache_check_stops_the_workers_it_started():
+    def persistent_cache(dataset, num_workers=4):
+        source = dataset.with_options(transform=None, keep_metadata=False)
+        loader = DataLoader(source, batch_size=32, num_workers=num_workers,
+                            persistent_workers=True)
+
+        class Cache:  # a class defined here keeps `loader` in a reference cycle
+            batches = [(b["image"], b["label"]) for b in loader]
+
+        return (torch.cat([i for i, _ in Cache.batches]),
+                torch.cat([l for _, l in Cache.batches]))
+
+    check_build_cache(persistent_cache)
+    assert not multiprocessing.active_children()
 
 
 def test_every_question_has_a_hint(capsys):
