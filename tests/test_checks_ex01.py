@@ -5,13 +5,15 @@ Each wrong answer is the reference answer with one realistic mistake: the lesson
 boxes (zero_grad forgotten, evaluation in training mode, clipping scaled gradients, the scheduler
 stepped before the optimizer, the last checkpoint kept instead of the best), the curriculum's list
 (no seeding, clipping before backward, a scheduler never stepped, no config in the checkpoint),
+the schedule advanced on a step the fp16 scaler skipped (the loop's own rule),
 shortcuts (handing the work to course_lib, another split with the same class counts, records
 that claim what did not happen) and off-by-ones.
 
 Seeds: the normal run uses 2 seeds per case; `CHECK_SEEDS=16` runs 16. Observed with 16 seeds
-(seeds 0-15, 1,000 cases): the reference answers pass all five checks on every seed, and every
-wrong answer below fails its check on every seed, with the failure and the hint asserted here.
-Corpus sizes: (a) lr_multiplier 9, (b) train_step 13, (c) evaluate 8, (d) make_train_loader 9,
+(seeds 0-15, 1,000 cases, and again for (b) after its skipped-step case was added: 337 cases):
+the reference answers pass all five checks on every seed, and every wrong answer below fails its
+check on every seed, with the failure and the hint asserted here.
+Corpus sizes: (a) lr_multiplier 9, (b) train_step 14, (c) evaluate 8, (d) make_train_loader 9,
 (e) train 18.
 """
 
@@ -90,9 +92,11 @@ def train_step(model, inputs, targets, optimizer, scheduler, scaler, cfg):
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    if scale is None or scaler.get_scale() >= scale:
+        scheduler.step()
     return {"loss": loss.item(), "grad_norm": grad_norm.item()}
 
 
@@ -318,10 +322,10 @@ def test_schedule_rejects(answer, what, hint_text, seed):
     assert what in failure.what and hint_text in failure.hint
 
 
-# ---- (b) the step: 12 wrong answers ----------------------------------------------------------------
+# ---- (b) the step: 14 wrong answers ----------------------------------------------------------------
 
 
-def make_step(zero_grad=True, clip="after_unscale", scheduler="after", autocast="honoured",
+def make_step(zero_grad=True, clip="after_unscale", scheduler="held_on_skip", autocast="honoured",
               scaler_used=True, returned_norm="before"):
     """The reference step by default; each flag, changed, makes one realistic mistake."""
 
@@ -350,6 +354,7 @@ def make_step(zero_grad=True, clip="after_unscale", scheduler="after", autocast=
             norm = nn.utils.get_total_norm([p.grad for p in model.parameters()])
         if returned_norm == "after":
             norm = nn.utils.get_total_norm([p.grad for p in model.parameters()])
+        scale = scaler.get_scale() if scaler_used and scaler.is_enabled() else None
         if scaler_used:
             scaler.step(optimizer)
             scaler.update()
@@ -357,7 +362,10 @@ def make_step(zero_grad=True, clip="after_unscale", scheduler="after", autocast=
             optimizer.step()
         if clip == "after_step":
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if scheduler == "after":
+        if scheduler == "held_on_skip":
+            if scale is None or scaler.get_scale() >= scale:
+                scheduler_.step()
+        elif scheduler == "after":  # also after a step the scaler skipped
             scheduler_.step()
         elif scheduler == "twice":
             scheduler_.step()
@@ -392,6 +400,8 @@ STEP_WRONG = [
     ("scheduler_before_optimizer", make_step(scheduler="before"), "learning rate", "after the optimizer step"),
     ("scheduler_never_stepped", make_step(scheduler="never"), "learning rate", "scheduler.step()"),
     ("scheduler_stepped_twice", make_step(scheduler="twice"), "learning rate", "once per training step"),
+    ("scheduler_stepped_on_a_skipped_step", make_step(scheduler="after"), "skipped by the scaler",
+     "only when the scaler did not skip"),
     ("no_autocast", make_step(autocast="ignored"), "precision='bf16'", "torch.autocast"),
     ("bf16_for_fp16", make_step(autocast="always_bf16"), "precision='fp16'", "torch.float16"),
     ("no_gradient_scaler", make_step(scaler_used=False), "scaler passed in was not used", "scaler.scale(loss)"),

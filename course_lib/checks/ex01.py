@@ -325,9 +325,11 @@ def reference_train_step(model, inputs, targets, optimizer, scheduler, scaler, c
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    if scale is None or scaler.get_scale() >= scale:  # a skipped step holds the schedule
+        scheduler.step()
     return {"loss": loss.item(), "grad_norm": norm.item()}
 
 
@@ -341,6 +343,9 @@ STEP_PHASES = (
     {"precision": "fp16", "grad_clip": 0.05},
 )
 STEPS_PER_PHASE = 3
+# In the fp16 phase, this call's batch holds an infinite pixel: its gradients overflow, the scaler
+# skips the optimizer step, and the schedule must stay where it was.
+SKIPPED_CALL = 1
 STEP_LR = 0.05
 
 
@@ -367,6 +372,9 @@ def check_train_step(train_step, config_class, seed: int = 0) -> None:
         for index in range(STEPS_PER_PHASE):
             rows = torch.randperm(len(data), generator=generator)[:48]
             inputs, targets = data.tensors[0][rows], data.tensors[1][rows]
+            if cfg.precision == "fp16" and index == SKIPPED_CALL:
+                inputs = inputs.clone()
+                inputs[0, 0] = math.inf
             ref_scaler_calls = len(ref[3].calls)
             with _StepWatch() as ref_watch, _quiet_scheduler_warning():
                 ref_result = reference_train_step(ref[0], inputs, targets, *ref[1:], cfg)
@@ -418,7 +426,14 @@ def _compare_step(result, ref_result, watch, ref_watch, mine, ref, cfg, index, s
                 "with precision='fp16' the gradient scaler passed in was not used",
                 got=f"scaler calls {scaler_calls or 'none'}",
                 hint="scaler.scale(loss).backward(), then scaler.step(optimizer) and scaler.update()")
-    if not watch.steps:
+    if not ref_watch.steps:
+        # The scaler skipped this step (its gradients overflowed): the schedule must not move on.
+        lr_after, ref_after = mine[1].param_groups[0]["lr"], ref[1].param_groups[0]["lr"]
+        require(abs(lr_after - ref_after) <= 1e-9 * ref_after,
+                f"call {index + 1} ({where}) was skipped by the scaler, yet the learning rate moved "
+                f"on to {lr_after:.4g}; it should have stayed at {ref_after:.4g}",
+                hint="step the scheduler only when the scaler did not skip the step: compare "
+                "scaler.get_scale() before scaler.step(optimizer) with its value after scaler.update()")
         return
     used, expected = watch.steps[-1], ref_watch.steps[-1]
     # 4. The learning rate this step used is the schedule's value for this step.
@@ -950,8 +965,9 @@ hint = make_hint({
     "a": "Write the two pieces separately: below warmup_steps a straight line from 0 to 1; from "
          "warmup_steps on, the fraction of the remaining steps done so far goes into half a cosine. "
          "Try step 0, step warmup_steps and step total_steps by hand.",
-    "b": "The lesson's train_v5 has every line in the right order. The scaler is enabled only for "
-         "fp16, so the same code serves all three precisions.",
+    "b": "The lesson's `Scheduled` loop has every line in the right order, the held schedule on a "
+         "skipped step included. The scaler is enabled only for fp16, so the same code serves all "
+         "three precisions.",
     "c": "Three things around the forward pass: the mode before it, the context it runs in, the "
          "mode after it. Count correct predictions, then divide once.",
     "d": "A DataLoader takes a `generator=`: the one it shuffles with. Make a fresh one for each "
