@@ -162,36 +162,51 @@ def stub_code(source: str, where: str) -> str:
     return "\n".join(kept) + ("\n" if source.endswith("\n") else "")
 
 
-def strip_hidden_tests(source: str, where: str) -> str:
-    """Remove each `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` region of a check cell."""
+def _kept_outside_regions(source: str, where: str, begin, end, *, begin_name: str, end_name: str,
+                          end_marker: str, marker_like=None, kind: str = "",
+                          spellings: str = "") -> list[str]:
+    """The lines of `source` outside its `begin` ... `end` regions, which must pair up unnested.
+
+    `marker_like` matches a line that looks like a marker but does not match `begin` or `end`;
+    such a line is an error naming the `kind` of marker and its right `spellings`, not text to keep.
+    """
     kept: list[str] = []
     begin_line = None
     for number, line in enumerate(source.splitlines(), start=1):
-        if _HIDDEN_BEGIN.match(line):
+        if begin.match(line):
             if begin_line is not None:
                 raise ExerciseSourceError(
-                    f"{where}: BEGIN HIDDEN TESTS on line {number} is nested inside the region "
+                    f"{where}: {begin_name} on line {number} is nested inside the region "
                     f"opened on line {begin_line}"
                 )
             begin_line = number
-        elif _HIDDEN_END.match(line):
+        elif end.match(line):
             if begin_line is None:
                 raise ExerciseSourceError(
-                    f"{where}: END HIDDEN TESTS on line {number} has no BEGIN HIDDEN TESTS "
-                    "before it"
+                    f"{where}: {end_name} on line {number} has no {begin_name} before it"
                 )
             begin_line = None
-        elif _HIDDEN_MARKER_LIKE.match(line):
+        elif marker_like is not None and marker_like.match(line):
             raise ExerciseSourceError(
-                f"{where}: line {number} looks like a hidden-tests marker but is not spelled as "
-                f"one: {line.strip()!r}; write `### BEGIN HIDDEN TESTS` or `### END HIDDEN TESTS`"
+                f"{where}: line {number} looks like a {kind} marker but is not spelled as "
+                f"one: {line.strip()!r}; write {spellings}"
             )
         elif begin_line is None:
             kept.append(line)
     if begin_line is not None:
         raise ExerciseSourceError(
-            f"{where}: BEGIN HIDDEN TESTS on line {begin_line} has no ### END HIDDEN TESTS after it"
+            f"{where}: {begin_name} on line {begin_line} has no {end_marker} after it"
         )
+    return kept
+
+
+def strip_hidden_tests(source: str, where: str) -> str:
+    """Remove each `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS` region of a check cell."""
+    kept = _kept_outside_regions(
+        source, where, _HIDDEN_BEGIN, _HIDDEN_END, begin_name="BEGIN HIDDEN TESTS",
+        end_name="END HIDDEN TESTS", end_marker="### END HIDDEN TESTS",
+        marker_like=_HIDDEN_MARKER_LIKE, kind="hidden-tests",
+        spellings="`### BEGIN HIDDEN TESTS` or `### END HIDDEN TESTS`")
     return "\n".join(kept).rstrip()
 
 
@@ -201,30 +216,9 @@ def has_hidden_tests(source: str) -> bool:
 
 def strip_markdown(source: str, where: str) -> str:
     """Remove each `<!-- BEGIN SOLUTION -->` ... `<!-- END SOLUTION -->` region of markdown."""
-    kept: list[str] = []
-    begin_line = None
-    for number, line in enumerate(source.splitlines(), start=1):
-        if _MARKDOWN_BEGIN.match(line):
-            if begin_line is not None:
-                raise ExerciseSourceError(
-                    f"{where}: <!-- BEGIN SOLUTION --> on line {number} is nested inside the "
-                    f"region opened on line {begin_line}"
-                )
-            begin_line = number
-        elif _MARKDOWN_END.match(line):
-            if begin_line is None:
-                raise ExerciseSourceError(
-                    f"{where}: <!-- END SOLUTION --> on line {number} has no "
-                    "<!-- BEGIN SOLUTION --> before it"
-                )
-            begin_line = None
-        elif begin_line is None:
-            kept.append(line)
-    if begin_line is not None:
-        raise ExerciseSourceError(
-            f"{where}: <!-- BEGIN SOLUTION --> on line {begin_line} has no "
-            "<!-- END SOLUTION --> after it"
-        )
+    kept = _kept_outside_regions(
+        source, where, _MARKDOWN_BEGIN, _MARKDOWN_END, begin_name="<!-- BEGIN SOLUTION -->",
+        end_name="<!-- END SOLUTION -->", end_marker="<!-- END SOLUTION -->")
     return "\n".join(kept).strip("\n")
 
 
