@@ -15,6 +15,7 @@ from course_lib.data import (
     make_digits_loaders,
     make_loader,
 )
+from course_lib.distributed import init_distributed, is_main_process
 from course_lib.history import History
 from course_lib.loop import (
     STOP,
@@ -73,6 +74,8 @@ __all__ = [
     "evaluate",
     "fit",
     "focal_loss",
+    "init_distributed",
+    "is_main_process",
     "load_checkpoint",
     "load_digits_splits",
     "make_digits_loaders",

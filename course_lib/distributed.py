@@ -1,0 +1,223 @@
+"""Several processes training one model with torch.distributed (lesson 08).
+
+The same script runs alone or under `torchrun --nproc_per_node=N` (and `--nnodes=M` across
+machines): `init_distributed()` reads the rank and world size that torchrun puts in the environment
+and starts the process group, or does nothing in a plain process. Everything else here is a thin
+name over a torch.distributed call that is also correct, and free, with a single process:
+
+- `is_main_process()`: rank 0, the one process that logs and writes files;
+- `barrier()`, `all_reduce_sum()`: wait for every rank, add a tensor across the ranks;
+- `sharded_loader()`: a DataLoader over this rank's share of the data (a DistributedSampler);
+- `average_batchnorm_stats()`: the BatchNorm running statistics averaged across the ranks;
+- `launch(fn, world_size)`: start `world_size` processes on this machine, each calling `fn`, as
+  torchrun would, and return what each returned. `fn` must be importable (defined in a module,
+  not in a notebook cell): the new processes import it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import socket
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+# The variables torchrun sets in every process it starts.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tuple[int, int]:
+    """Start the process group that torchrun described; return (rank, world_size).
+
+    In a plain process (no RANK/WORLD_SIZE in the environment) this does nothing and returns
+    (0, 1). The backend is NCCL when CUDA is there (each process takes the GPU of its LOCAL_RANK)
+    and gloo on the CPU. Calling it again returns the running group's rank and size.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed; run in a single process")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group (of any size)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that logs, shows progress and writes checkpoints."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Add `tensor` across the ranks, in place, and return it (unchanged in a single process)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def device_for_rank(device: str = "auto") -> torch.device:
+    """The device this process trains on: its own GPU under NCCL, else `device` ("auto": the CPU
+    or the only accelerator)."""
+    if device == "auto" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device == "auto":
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def sharded_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                   drop_last: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over this rank's share of `dataset`: the standard DistributedSampler recipe.
+
+    Every rank must pass the same `seed`: the sampler shuffles the whole dataset with
+    seed + epoch and then deals the examples out, so the ranks agree on one permutation and their
+    shares never overlap. Call `loader.sampler.set_epoch(epoch)` at the start of every epoch (`fit`
+    does), or every epoch repeats the first one's order. In a single process the share is the whole
+    dataset. Without `drop_last` the sampler pads the last round with examples from the start, so
+    that every rank takes the same number of steps.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(),
+                                 shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+
+
+BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def average_batchnorm_stats(model: nn.Module) -> None:
+    """Replace every BatchNorm's running mean and variance by their mean across the ranks.
+
+    Each rank's BatchNorm layers update their running statistics from that rank's batches only,
+    so the ranks drift apart; saving rank 0's copy would throw the others' data away. The batch
+    counters are equal on every rank and stay as they are.
+    """
+    world = get_world_size()
+    if world == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, BATCHNORM_TYPES) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                if buffer is not None:
+                    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                    buffer.div_(world)
+
+
+# ---- launching processes on this machine, as torchrun does ---------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for the ranks to meet at."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwargs, results):
+    os.environ.update({
+        "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })
+    # Like torchrun: N processes on one machine share its cores instead of each taking all.
+    torch.set_num_threads(threads)
+    try:
+        init_distributed(backend="gloo")
+        # Plain pickle copies tensors by value; a multiprocessing queue would hand over shared
+        # memory that disappears when this process exits.
+        outcome = (rank, "ok", pickle.dumps(fn(*args, **kwargs)))
+    except BaseException as error:
+        outcome = (rank, "error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+    # Reported before leaving the group: leaving makes the other ranks fail too, and the parent
+    # names the error that arrived first.
+    results.put(outcome)
+    if is_distributed():
+        dist.destroy_process_group()
+
+def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -> list:
+    """Run `fn(*args, **kwargs)` in `world_size` new processes joined by a gloo process group.
+
+    Returns the list of what each rank returned, by rank (it must be picklable). `fn` must be
+    importable by name (a module's function, not a notebook cell's): the processes are spawned,
+    so each starts a fresh interpreter and imports it. An exception in any rank is raised here,
+    naming the rank, with its traceback; the other ranks, which may be waiting for it in a
+    collective call, are stopped.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    if getattr(fn, "__module__", None) == "__main__" or "<locals>" in getattr(fn, "__qualname__", ""):
+        raise ValueError(
+            f"launch needs a function the new processes can import; {fn.__qualname__} is defined in "
+            "__main__ (a notebook cell or a script) or inside another function: move it to a module")
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    threads = max(1, (os.cpu_count() or 1) // world_size)
+    processes = [
+        context.Process(target=_worker, daemon=True,
+                        args=(rank, world_size, port, threads, fn, args, kwargs, results))
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    outcomes: dict[int, tuple[str, object]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        # Read while the processes run: a result larger than the pipe's buffer is only written
+        # once someone reads it, and its process cannot exit before that.
+        while len(outcomes) < world_size and time.monotonic() < deadline:
+            try:
+                rank, status, value = results.get(timeout=0.2)
+            except queue.Empty:
+                if not any(process.is_alive() for process in processes):
+                    break  # everyone is gone and nothing more is coming
+                continue
+            outcomes[rank] = (status, value)
+            if status == "error":
+                deadline = min(deadline, time.monotonic() + 5.0)  # the others may wait forever
+    finally:
+        for process in processes:
+            process.join(timeout=5.0 if len(outcomes) == world_size else 0.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    # The first error to arrive is the cause; the others are often ranks that lost their peer.
+    errors = [(rank, value) for rank, (status, value) in outcomes.items() if status == "error"]
+    if errors:
+        rank, message = errors[0]
+        raise RuntimeError(f"rank {rank} of {world_size} failed:\n{message}")
+    missing = [rank for rank in range(world_size) if rank not in outcomes]
+    if missing:
+        codes = {rank: processes[rank].exitcode for rank in missing}
+        raise RuntimeError(f"rank(s) {missing} returned nothing (exit codes {codes}); a process "
+                           f"died or ran past {timeout_s:.0f} s")
+    return [pickle.loads(outcomes[rank][1]) for rank in range(world_size)]
