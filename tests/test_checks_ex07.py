@@ -11,9 +11,10 @@ direction, ties given to the later step), shortcuts (handing the work to course_
 or a run kept in memory instead of on disk).
 
 Seeds: the normal run uses 2 seeds per case; `CHECK_SEEDS=16` runs 16. Observed with 16 seeds
-(seeds 0-15, 480 cases): the reference answers pass all three checks on every seed, and every wrong
-answer below fails its check on every seed, with the failure and the hint asserted here.
-Corpus sizes: (a) check_safe_files 9, (b) check_keep_best 9, (c) check_resume 10.
+(seeds 0-15, 519 test cases in 49 s on a shared two-core machine): the reference answers pass all
+three checks on every seed, and every wrong answer below fails its check on every seed, with the
+failure and the hint asserted here.
+Corpus sizes: (a) check_safe_files 10, (b) check_keep_best 10, (c) check_resume 10.
 """
 
 from __future__ import annotations
