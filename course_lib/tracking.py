@@ -192,7 +192,7 @@ class TensorBoardLogger:
         group = "eval" if "eval_loss" in record else "train"
         step = int(record["step"])
         for key, value in record.items():
-            if key in ("step",):
+            if key == "step":
                 continue
             if isinstance(value, (list, tuple)):
                 for index, item in enumerate(value):
