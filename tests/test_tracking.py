@@ -242,3 +242,24 @@ def test_a_plain_save_killed_half_way_destroys_the_previous_checkpoint(tmp_path)
     assert report.signal == 9
     assert not report.loads and report.step is None and report.error
     assert report.files == [("latest.pt", 0)]
+
+
+def test_the_tracked_command_run_again_reproduces_the_result(tmp_path, repo):
+    import os
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "cfg.toml"
+    config.write_text('seed = 2\nmax_steps = 16\neval_every = 4\nlr = 0.01\ndevice = "cpu"\n')
+    argv = ["--config", str(config), "--out-dir", str(tmp_path / "first"), "--study", "again",
+            "--table", str(tmp_path / "t.csv"), "--dropout", "0.2"]
+    first = train_digits(argv)
+    command = shlex.split(first["command"])
+    assert command[:3] == ["python", "-m", "course_lib.train_digits"]
+    command[command.index("--out-dir") + 1] = str(tmp_path / "second")  # a fit run never overwrites another
+    checkout = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": checkout, "OMP_NUM_THREADS": "1"})
+    second = read_table(tmp_path / "t.csv")[1]
+    assert (second["trial"], second["best_step"], second["best_value"]) == \
+        ("2", first["best_step"], first["best_value"])
