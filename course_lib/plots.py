@@ -306,3 +306,28 @@ def plot_relative_error(curves: dict, marker: float | None = None, figsize=(8.0,
     ax.set_title("largest rounding error by format (1 = the value is lost)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def plot_kept_checkpoints(history, metric: str, kept_steps, figsize=(8.0, 3.2)):
+    """The validation metric over the run, with the evaluations whose checkpoints were kept marked
+    (lesson 07). The last evaluation gets a mark of its own: the best is often not the last.
+    """
+    history = _as_history(history)
+    fig, axes = _new_figure(figsize=figsize, left=0.1, right=0.97)
+    ax = axes[0, 0]
+    steps, values = history.series(metric)
+    if not steps:
+        _no_data(ax, metric)
+        return fig
+    ax.plot(steps, values, "o-", color="C0", markersize=3, label=metric)
+    kept = [(s, v) for s, v in zip(steps, values) if s in set(kept_steps)]
+    if kept:
+        ax.plot(*zip(*kept), "o", color="C1", markersize=10, fillstyle="none", markeredgewidth=2,
+                label=f"kept checkpoints ({len(kept)})")
+    ax.plot(steps[-1], values[-1], "x", color="C3", markersize=10, markeredgewidth=2,
+            label="last evaluation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} at every evaluation, and the checkpoints kept")
+    ax.legend(fontsize="small", loc="lower right")
+    return fig

@@ -153,3 +153,16 @@ def test_plot_relative_error_draws_each_format_and_the_marker():
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 3
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+
+
+def test_plot_kept_checkpoints_marks_the_kept_evaluations_and_the_last():
+    from course_lib.plots import plot_kept_checkpoints
+
+    history = _history()
+    fig = plot_kept_checkpoints(history, "eval_loss", kept_steps=[10, 15])
+    assert isinstance(fig, Figure)
+    lines = fig.axes[0].get_lines()
+    assert list(lines[1].get_xdata()) == [10, 15]
+    assert list(lines[2].get_xdata()) == [20]
+    empty = plot_kept_checkpoints(History(), "eval_loss", kept_steps=[])
+    assert empty.axes[0].texts[0].get_text() == "no data"

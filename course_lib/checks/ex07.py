@@ -1,0 +1,631 @@
+"""Checks for exercise 07, checkpoints that survive a crash, keep the best, and resume exactly
+(introduced in exercise 07).
+
+The learner writes, in order:
+
+(a) `save_atomically(state, path)` and `load_safely(path)`: a save that never leaves a broken or
+    half-written file at `path` (a temporary file in the same folder, then `os.replace`), and a
+    load that refuses anything but plain data (`torch.load(..., weights_only=True)`);
+(b) `keep_best(ckpt_dir, step, metric, state, n, direction)`: save `{"step", "metric", "state"}`
+    as `ckpt_dir/step_NNNNNN.pt`, then delete every `step_*.pt` of the folder but the `n` best by
+    their stored metric (`direction` "max" or "min"; a tie keeps the earlier step);
+(c) `save_run(run, path)` and `load_run(run, path)`: a checkpoint of the exercise's run (model,
+    optimizer, scheduler, position in the data, random number generator) and its restoration into
+    a freshly built run, so that the resumed run ends bit for bit where an uninterrupted run ends.
+
+How the checks work: they drive the learner's functions in runs and folders they control, and look
+at what is on disk, byte for byte and tensor by tensor, rather than at what the functions return:
+
+- (a) makes a save fail half-way (the state holds an object whose pickling lists the folder, then
+  raises) and looks at the folder at that moment and after; it checks that a successful save
+  replaced the file (a new inode) rather than rewrote it in place; and it hands `load_safely` a
+  file that would create a marker file if it were unpickled;
+- (b) calls `keep_best` for two runs in two folders, interleaved, with metrics that fluctuate, tie
+  at the boundary and end below their best, and after every call compares the folder's files with
+  the n best so far, and each file's content with what was saved at that step;
+- (c) trains the exercise's run itself, saves it with the learner's `save_run` at a step in the
+  middle of an epoch and at an epoch's end, scrambles every random number generator, builds a
+  fresh run with other initial weights, restores it with `load_run`, checks each part right after
+  the load, then trains on and compares every weight and every optimizer moment with an
+  uninterrupted run (torch.equal, no tolerance).
+
+Calls into course_lib's own implementation of what a question asks for are named as such
+(`_core.CallWatch`). Every check takes a `seed` keyword (0 in the notebook); the tests validate each
+check over many seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import pickle
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from course_lib.checks._core import CallWatch, CheckFailure, call_learner, code_objects, make_hint, passed, require
+from course_lib.data import load_digits_splits
+from course_lib.models import MLP
+
+hint = make_hint({
+    "a": "Write to a temporary file next to the target (same folder, a name of your own), then "
+         "os.replace it onto the target; if anything fails, remove the temporary file and let the "
+         "error go on. For loading, torch.load has an argument that accepts plain data only.",
+    "b": "Save first (with your save_atomically). Then load every step_*.pt of the folder, sort "
+         "them by their stored metric, best first, breaking ties by the step, and delete all but "
+         "the first n. Read the folder each time: keep no list between calls.",
+    "c": "Everything that changes while training must go into the file: the three state_dict()s, "
+         "the counters of the run, and torch.get_rng_state(). load_run puts each back, the random "
+         "number generator last.",
+})
+
+# ---- shared helpers ---------------------------------------------------------------------------------
+
+CHECKPOINT_MODULE = "course_lib.checkpoint"
+LOOP_MODULE = "course_lib.loop"
+
+
+def _one_thread(check):
+    """Run a check on one CPU thread, then restore the learner's setting (see exercise 01)."""
+
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def _call_watched(fn, *args, name: str, watched: dict | None = None, modules=(), instead: str = ""):
+    """Call the learner's function; a call into course_lib's own version fails first, by name."""
+    with CallWatch(watched=watched, modules=modules) as calls:
+        try:
+            result = call_learner(fn, *args, name=name)
+        except CheckFailure:
+            _refuse_delegation(calls, name, instead)
+            raise
+    _refuse_delegation(calls, name, instead)
+    return result
+
+
+def _refuse_delegation(calls: CallWatch, name: str, instead: str) -> None:
+    if calls.called:
+        library = calls.called[0]
+        raise CheckFailure(f"{name} called course_lib's own {library.rsplit('.', 1)[-1]} ({library})",
+                           hint=f"this question asks you to write it yourself: {instead}")
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+
+
+def _same(a, b) -> bool:
+    """Equal plain data: tensors by torch.equal (and dtype), containers item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _load_plain(path: Path, what: str):
+    """The check's own reading of a file the learner wrote: plain data only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure becomes one readable line
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:120]
+        raise CheckFailure(f"{what} cannot be loaded with torch.load(path, weights_only=True) "
+                           f"({type(error).__name__}: {reason})",
+                           hint="save plain data only: tensors, state_dict()s, numbers, strings, "
+                           "lists and dicts, never objects such as the optimizer itself") from None
+
+
+# ---- (a) saving atomically, loading safely -------------------------------------------------------------
+
+
+class SimulatedCrash(OSError):
+    """What the check's failing state raises half-way through a save."""
+
+
+class _FailWhenPickled:
+    """Lists the folder when the save reaches it (the file is open, the state half-serialized),
+    then fails the save, as a crash at that moment would."""
+
+    def __init__(self, folder: Path, seen: list):
+        self.folder, self.seen = folder, seen
+
+    def __reduce__(self):
+        self.seen.append(_listing(self.folder))
+        raise SimulatedCrash("the check's simulated crash half-way through the save")
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this creates `marker` (an empty file): harmless proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _example_state(generator: torch.Generator, step: int) -> dict:
+    return {"step": step, "model": {"weight": torch.randn(6, 4, generator=generator),
+                                    "bias": torch.randn(6, generator=generator)},
+            "rng": torch.randint(0, 255, (16,), dtype=torch.uint8, generator=generator),
+            "best": [{"step": step, "metric": 0.5}], "note": f"step {step}"}
+
+
+_SAVE_INSTEAD = "a temporary file in the same folder, then os.replace"
+_LOAD_INSTEAD = "torch.load with weights_only=True"
+
+
+def _save(save_atomically, state, path):
+    return _call_watched(save_atomically, state, path, name="save_atomically",
+                         modules=(CHECKPOINT_MODULE,), instead=_SAVE_INSTEAD)
+
+
+def _load(load_safely, path):
+    return _call_watched(load_safely, path, name="load_safely", modules=(CHECKPOINT_MODULE,),
+                         instead=_LOAD_INSTEAD)
+
+
+@_one_thread
+def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
+    """(a) A save replaces the file whole or not at all; a load accepts plain data only."""
+    generator = torch.Generator().manual_seed(seed)
+    folder = Path(tempfile.mkdtemp(prefix="ex07-a-")) / "run"
+    folder.mkdir()
+    target = folder / f"latest-{seed}.pt"
+    first, second = _example_state(generator, 10), _example_state(generator, 20)
+
+    # 1. A save, then a load: the same data, and nothing else in the folder.
+    _save(save_atomically, first, target)
+    require(target.is_file(), f"after save_atomically(state, path) there is no file at {target.name}",
+            hint="the file must end up at `path` exactly")
+    require(_listing(folder).keys() == {target.name}, "after a save the folder holds "
+            f"{sorted(_listing(folder))}", expected=f"only [{target.name!r}]",
+            hint="the temporary file must be renamed onto the target (os.replace), not copied")
+    require(_same(_load_plain(target, "the saved file"), first), "the saved file does not hold the "
+            "state that was passed in", hint="torch.save(state, temporary_path)")
+    loaded = _load(load_safely, target)
+    require(_same(loaded, first), "load_safely(path) did not return the saved state",
+            hint="return what torch.load reads from the file")
+
+    # 2. A save that fails half-way leaves the last good file whole, and the folder as it was.
+    good_bytes, before = target.read_bytes(), _listing(folder)
+    seen: list = []
+    broken = {**second, "crash": _FailWhenPickled(folder, seen)}
+    with CallWatch(modules=(CHECKPOINT_MODULE,)) as calls:
+        try:
+            save_atomically(broken, target)
+            finished = True
+        except SimulatedCrash:
+            finished = False
+        except NotImplementedError:
+            raise  # the stub was caught by the first call already
+        except Exception as error:  # noqa: BLE001
+            if not isinstance(error.__cause__ or error.__context__, SimulatedCrash) and \
+                    "simulated crash" not in str(error):
+                raise CheckFailure(f"save_atomically raised {type(error).__name__}: {error}",
+                                   hint="run your cell on its own to see the full traceback") from None
+            finished = False
+    _refuse_delegation(calls, "save_atomically", _SAVE_INSTEAD)
+    require(bool(seen), "save_atomically never serialized the state it was given",
+            hint="save the state with torch.save")
+    during = seen[0]
+    require(during.get(target.name) == len(good_bytes), f"while the new state was being written, "
+            f"{target.name} was already {'gone' if target.name not in during else 'truncated to ' + str(during[target.name]) + ' bytes'}: "
+            "a crash at that moment loses the last good checkpoint",
+            hint="write to a temporary file in the same folder, then os.replace it onto the target")
+    require(len(during) > len(before), "while the new state was being written, no new file appeared "
+            f"in the target's folder (it held {sorted(during)}): the temporary file is elsewhere, and "
+            "os.replace is atomic only within one file system",
+            hint="put the temporary file in the same folder as the target: path.with_name(...)")
+    require(not finished, "save_atomically returned normally although the state could not be "
+            "written", hint="do not catch the error: let it go on to the caller, after removing "
+            "the temporary file")
+    require(target.read_bytes() == good_bytes, f"after a save that failed half-way, {target.name} no "
+            "longer holds the last good checkpoint",
+            hint="os.replace the temporary file onto the target only after the save succeeded")
+    after = _listing(folder)
+    require(after == before, f"a save that failed left the folder with {sorted(after)}",
+            expected=f"{sorted(before)} as before",
+            hint="remove the temporary file when the save fails (try/finally, or except: remove, "
+            "then raise)")
+
+    # 3. A second save replaces the file: a new file renamed onto it, not the old one rewritten.
+    inode = target.stat().st_ino
+    _save(save_atomically, second, target)
+    require(_same(_load_plain(target, "the file after a second save"), second),
+            "after a second save the file does not hold the second state",
+            hint="save the new state to a temporary file, then os.replace it onto the target")
+    require(target.stat().st_ino != inode, "the second save rewrote the existing file in place "
+            "(its inode did not change), so a crash during the write would leave it half-written",
+            hint="write the whole state to a temporary file in the same folder, then os.replace "
+            "it onto the target; do not open, copy or write onto the target itself")
+
+    # 4. A file whose unpickling would run code is refused, and the code never runs.
+    marker = folder.parent / f"code-ran-{seed}"
+    trap = folder / "untrusted.pt"
+    torch.save({"model": first["model"], "extra": _RunsCodeWhenUnpickled(marker)}, trap)
+    with CallWatch(modules=(CHECKPOINT_MODULE,)) as calls:
+        try:
+            load_safely(trap)
+            refused = False
+        except NotImplementedError:
+            raise
+        except Exception:  # noqa: BLE001 - any refusal will do
+            refused = True
+    _refuse_delegation(calls, "load_safely", _LOAD_INSTEAD)
+    require(not marker.exists(), "load_safely ran code from an untrusted file: unpickling it "
+            f"created the file {marker.name}", hint="torch.load(path, weights_only=True) refuses "
+            "anything but tensors and plain data")
+    require(refused, "load_safely accepted a file that holds an object other than plain data",
+            hint="torch.load(path, weights_only=True) raises on such a file; let the error go on")
+    passed("save_atomically replaced the file whole (a new file renamed onto it), and a save that "
+           "failed half-way left the last good checkpoint and the folder exactly as they were; "
+           "load_safely returned the saved state and refused a file that would have run code, "
+           "without running it")
+
+
+# ---- (b) keep the best N --------------------------------------------------------------------------------
+
+
+def reference_kept(entries: list[tuple[int, float]], n: int, direction: str,
+                   later_ties: bool = False) -> list[int]:
+    """The steps of the n best entries (step, metric), best first; ties keep the earlier step."""
+    sign = -1.0 if direction == "max" else 1.0
+    tie = -1 if later_ties else 1
+    ordered = sorted(entries, key=lambda e: (sign * e[1], tie * e[0]))
+    return [step for step, _ in ordered[:n]]
+
+
+def _scenario(rng: random.Random, n: int, direction: str, length: int = 10) -> list[tuple[int, float]]:
+    """(step, metric) pairs, one per evaluation (steps 10, 20, ...), in this order:
+
+    n + 1 rising values (the newest n are then the best n; the worst n are not), a drop below them
+    all (now the newest n are not the best n), random values with one tie to the n-th best so far
+    (a later step ties an earlier one at the keep boundary), and a last value below every other
+    (the best is not the last). So each wrong rule first goes wrong at a call of its own: the wrong
+    direction at call n + 1, the newest at call n + 2, a tie given to the later step at the tie.
+    Built as "goodness" (higher is better) and turned into a loss-like metric for "min".
+    """
+    while True:
+        rising = sorted(round(rng.uniform(0.60, 0.80), 3) for _ in range(n + 1))
+        drop = round(rising[0] - rng.uniform(0.05, 0.10), 3)
+        good = rising + [drop] + [round(rng.uniform(0.55, 0.95), 3) for _ in range(length - n - 2)]
+        tie_at = rng.randrange(n + 2, length - 1)
+        good[tie_at] = sorted(good[:tie_at], reverse=True)[n - 1]
+        good[-1] = round(min(good[:-1]) - 0.05, 3)
+        if len(set(good)) == length - 1:  # the tie is the only repeated value
+            break
+    if direction == "min":
+        good = [round(2.0 - g, 3) for g in good]
+    return [(10 * (i + 1), g) for i, g in enumerate(good)]
+
+
+def _diagnose_kept(kept: list[int], entries: list, n: int, direction: str, where: str) -> None:
+    expected = reference_kept(entries, n, direction)
+    if sorted(kept) == sorted(expected):
+        return
+    metric_of = dict(entries)
+    shown = ", ".join(f"{s}: {metric_of.get(s, '?')}" for s in sorted(kept))
+    what = f"{where}, the folder holds the checkpoints of steps [{shown}]"
+    wanted = f"the {n} best by metric ({direction}): steps {sorted(expected)}"
+    if len(kept) != len(expected):
+        raise CheckFailure(f"{what}: {len(kept)} checkpoint(s)", expected=f"{len(expected)}, {wanted}",
+                           hint="keep exactly n: after sorting, delete every checkpoint from "
+                           "position n on (the n-th is the last one kept)")
+    later = reference_kept(entries, n, direction, later_ties=True)
+    if sorted(later) != sorted(expected) and sorted(kept) == sorted(later):
+        raise CheckFailure(f"{what}: a tie went to the later step", expected=wanted,
+                           hint="on equal metrics the earlier checkpoint stays: a later one must "
+                           "be strictly better to displace it")
+    if sorted(kept) == sorted(s for s, _ in entries[-n:]):
+        raise CheckFailure(f"{what}: the newest {n}", expected=wanted,
+                           hint="rank the checkpoints by the metric stored in them, not by step: "
+                           "the best is often not the last")
+    flipped = "min" if direction == "max" else "max"
+    if sorted(kept) == sorted(reference_kept(entries, n, flipped)):
+        raise CheckFailure(f"{what}: the {n} best if {flipped} were better", expected=wanted,
+                           hint=f"direction={direction!r}: " + ("a higher metric is better (an "
+                           "accuracy)" if direction == "max" else "a lower metric is better (a loss)"))
+    raise CheckFailure(what, expected=wanted, hint="load each checkpoint's stored metric, sort "
+                       "best first (ties: earlier step first), keep the first n")
+
+
+def _check_folder(folder: Path, entries: list, states: dict, n: int, direction: str,
+                  where: str) -> None:
+    names = sorted(p.name for p in folder.iterdir())
+    others = [name for name in names if not (name.startswith("step_") and name.endswith(".pt"))]
+    require(not others, f"{where}, the folder also holds {others[:3]}",
+            hint="only the step_NNNNNN.pt checkpoints stay: no temporary files, no index of your own")
+    kept = []
+    for name in names:
+        try:
+            kept.append(int(name[len("step_"):-len(".pt")]))
+        except ValueError:
+            raise CheckFailure(f"{where}, the folder holds {name!r}", hint="name each file "
+                               "f\"step_{step:06d}.pt\"") from None
+    unknown = [s for s in kept if s not in states]
+    require(not unknown, f"{where}, the folder holds a checkpoint for step {unknown[:1]}, which "
+            "was never saved", hint="name each file after the step it was saved at: "
+            "f\"step_{step:06d}.pt\"")
+    _diagnose_kept(kept, entries, n, direction, where)
+    metric_of = dict(entries)
+    for step in kept:
+        name = f"step_{step:06d}.pt"
+        require(name in names, f"{where}, the checkpoint of step {step} is not named {name}",
+                hint="name each file f\"step_{step:06d}.pt\"")
+        content = _load_plain(folder / name, name)
+        require(isinstance(content, dict) and {"step", "metric", "state"} <= set(content),
+                f"{name} should hold a dict with the keys 'step', 'metric' and 'state'",
+                got=f"keys {sorted(map(str, content))}" if isinstance(content, dict) else type(content).__name__,
+                hint='save {"step": step, "metric": metric, "state": state}')
+        require(content["step"] == step and content["metric"] == metric_of[step],
+                f"{name} says step {content['step']}, metric {content['metric']}; it was saved at "
+                f"step {step} with metric {metric_of[step]}", hint="store the step and the metric "
+                "you were given, unchanged")
+        require(_same(content["state"], states[step]), f"{name} does not hold the state passed at "
+                f"step {step}", hint="store the `state` argument as it is")
+
+
+_KEEP_INSTEAD = "sort by the stored metric, then delete all but the first n"
+
+
+def _keep_best_states(generator: torch.Generator, entries) -> dict:
+    return {step: {"weights": torch.randn(8, generator=generator), "step": step} for step, _ in entries}
+
+
+@_one_thread
+def check_keep_best(keep_best, seed: int = 0) -> None:
+    """(b) After every call, the folder holds exactly the n best checkpoints so far, each whole."""
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    root = Path(tempfile.mkdtemp(prefix="ex07-b-"))
+    watched = code_objects(_library_ranking())
+    calls = 0
+    # A run alone, keeping only the best one.
+    entries = _scenario(rng, 1, "max")
+    states = _keep_best_states(generator, entries)
+    folder = root / "single"
+    folder.mkdir()
+    for index, (step, metric) in enumerate(entries):
+        _call_watched(keep_best, folder, step, metric, states[step], 1, "max", name="keep_best",
+                      watched=watched, modules=(LOOP_MODULE,), instead=_KEEP_INSTEAD)
+        calls += 1
+        _check_folder(folder, entries[: index + 1], states, 1, "max",
+                      f"after keep_best(..., step={step}, metric={metric}, n=1, direction='max')")
+    # A folder that already holds checkpoints, as after a crash and a resume in a new process.
+    _check_folder_from_earlier_process(keep_best, root / "resumed", generator, watched)
+    calls += 1
+    # Two runs in two folders, their calls interleaved: a ranking kept in memory mixes them up.
+    runs = []
+    for name, n, direction in (("accuracy", 3, "max"), ("loss", 2, "min")):
+        entries = _scenario(rng, n, direction)
+        folder = root / name
+        folder.mkdir()
+        runs.append((folder, entries, _keep_best_states(generator, entries), n, direction))
+    for index in range(len(runs[0][1])):
+        for run_index, (folder, entries, states, n, direction) in enumerate(runs):
+            step, metric = entries[index]
+            # One folder as a Path, the other as a str: both are paths.
+            where_arg = folder if run_index == 0 else str(folder)
+            _call_watched(keep_best, where_arg, step, metric, states[step], n, direction,
+                          name="keep_best", watched=watched, modules=(LOOP_MODULE,),
+                          instead=_KEEP_INSTEAD)
+            calls += 1
+            where = (f"after keep_best(..., step={step}, metric={metric}, n={n}, "
+                     f"direction={direction!r})")
+            _check_folder(folder, entries[: index + 1], states, n, direction, where)
+    passed(f"after each of {calls} calls in four folders (n = 3, 2, 1; max and min; ties at the "
+           "boundary; the last evaluation the worst; one folder holding checkpoints of an earlier "
+           "process), the folder held exactly the n best checkpoints so far, each with the state "
+           "saved at its step")
+
+
+def _check_folder_from_earlier_process(keep_best, folder: Path, generator: torch.Generator,
+                                       watched: dict) -> None:
+    """Three checkpoints saved by an earlier process, then one call: the new one ranks last."""
+    folder.mkdir()
+    entries = [(10, 0.81), (20, 0.86), (30, 0.84), (40, 0.62)]
+    states = _keep_best_states(generator, entries)
+    for step, metric in entries[:-1]:
+        torch.save({"step": step, "metric": metric, "state": states[step]}, folder / f"step_{step:06d}.pt")
+    step, metric = entries[-1]
+    _call_watched(keep_best, folder, step, metric, states[step], 2, "max", name="keep_best",
+                  watched=watched, modules=(LOOP_MODULE,), instead=_KEEP_INSTEAD)
+    kept = sorted(int(p.name[5:11]) for p in folder.glob("step_*.pt"))
+    expected = reference_kept(entries, 2, "max")
+    if kept != sorted(expected):
+        raise CheckFailure(f"in a folder that already held the checkpoints of steps 10, 20 and 30 "
+                           f"(metrics 0.81, 0.86, 0.84, saved by an earlier process), "
+                           f"keep_best(..., step=40, metric=0.62, n=2, direction='max') left steps "
+                           f"{kept}", expected=f"steps {sorted(expected)}",
+                           hint="rank every step_*.pt file of the folder, read afresh at each call: "
+                           "after a resume the folder is all there is, so keep no list in memory")
+    _check_folder(folder, entries, states, 2, "max", "after a call in a folder of an earlier process")
+
+
+def _library_ranking() -> list:
+    from course_lib.checkpoint import rank_checkpoints
+
+    return [rank_checkpoints]
+
+
+# ---- (c) resume exactly ---------------------------------------------------------------------------------
+
+# The exercise's run, exactly as its set-up cell defines it: an MLP with dropout (random numbers at
+# every step), AdamW (moments), a cosine schedule stepped every step, and an epoch order that
+# depends on the seed and the epoch only.
+BATCH_SIZE = 64
+TOTAL_STEPS = 50
+LEARNING_RATE = 3e-3
+
+
+@dataclass
+class Run:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # complete passes over the training set
+    batch: int = 0  # batches of the current epoch already trained on
+
+
+def make_run(seed: int) -> Run:
+    torch.manual_seed(seed)
+    model = MLP(hidden=32, dropout=0.3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=TOTAL_STEPS)
+    return Run(model, optimizer, scheduler)
+
+
+def epoch_order(data_seed: int, epoch: int, size: int) -> torch.Tensor:
+    return torch.randperm(size, generator=torch.Generator().manual_seed(1000 * data_seed + epoch))
+
+
+def train_until(run: Run, train_set, until_step: int, data_seed: int) -> None:
+    inputs, targets = train_set.tensors
+    loss_fn = nn.CrossEntropyLoss()
+    run.model.train()
+    while run.step < until_step:
+        batches = epoch_order(data_seed, run.epoch, len(targets)).split(BATCH_SIZE)
+        while run.batch < len(batches) and run.step < until_step:
+            rows = batches[run.batch]
+            loss = loss_fn(run.model(inputs[rows]), targets[rows])
+            run.optimizer.zero_grad()
+            loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()
+            run.step += 1
+            run.batch += 1
+        if run.batch == len(batches):
+            run.epoch, run.batch = run.epoch + 1, 0
+
+
+def _snapshot(run: Run) -> dict:
+    return {"model": copy.deepcopy(run.model.state_dict()),
+            "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(run.scheduler.state_dict()),
+            "position": (run.step, run.epoch, run.batch), "rng": torch.get_rng_state()}
+
+
+def _scramble_rng(value: int) -> None:
+    """Another process, another day: every global generator somewhere else."""
+    torch.manual_seed(value)
+    torch.rand(value % 97 + 1)
+    random.seed(value)
+
+
+_RESUME_INSTEAD = "save the state_dict()s, the counters and the RNG state, and load them back"
+
+
+def _check_restored(run: Run, saved: dict, step: int, snapshots: dict) -> None:
+    """Right after load_run: each part of the run as it was when saved, each with its own message."""
+    position = (run.step, run.epoch, run.batch)
+    s_step, s_epoch, s_batch = saved["position"]
+    for other_step, other in snapshots.items():
+        if other_step != step and position == other["position"] and \
+                _same(run.model.state_dict(), other["model"]):
+            raise CheckFailure(f"load_run was given the file saved at step {step}, and put back the "
+                               f"run of step {other_step}", hint="read everything from the file at "
+                               "`path`: a resumed run starts in a new process, with nothing in memory")
+    require(_same(run.model.state_dict(), saved["model"]), f"after load_run the model's weights are "
+            f"not those saved at step {step}", hint="save model.state_dict() and load it with "
+            "model.load_state_dict")
+    optimizer_state = run.optimizer.state_dict()
+    if not _same(optimizer_state["state"], saved["optimizer"]["state"]):
+        moments = "empty" if not optimizer_state["state"] else "different"
+        raise CheckFailure(f"after load_run the optimizer's state (AdamW's step counts and moment "
+                           f"estimates) is {moments}; at step {step} it held the moments of "
+                           f"{len(saved['optimizer']['state'])} parameters",
+                           hint="save optimizer.state_dict() and load it with "
+                           "optimizer.load_state_dict: without its moments AdamW takes other steps")
+    lr, saved_lr = run.optimizer.param_groups[0]["lr"], saved["optimizer"]["param_groups"][0]["lr"]
+    scheduler_state = run.scheduler.state_dict()
+    if lr != saved_lr or scheduler_state.get("last_epoch") != saved["scheduler"].get("last_epoch"):
+        raise CheckFailure(f"after load_run the learning rate is {lr:.6g} and the schedule is at its "
+                           f"step {scheduler_state.get('last_epoch')}; at step {step} they were "
+                           f"{saved_lr:.6g} and {saved['scheduler'].get('last_epoch')}",
+                           hint="save scheduler.state_dict() and load it with "
+                           "scheduler.load_state_dict (after the optimizer's)")
+    if position != saved["position"]:
+        if run.step != s_step:
+            hint = "save run.step and set it back in load_run"
+        elif run.epoch == s_epoch and run.batch == 0:
+            hint = ("save run.batch too: restarting the epoch from its first batch trains twice on "
+                    "some examples and skips others")
+        else:
+            hint = "save run.epoch and run.batch (where the run is in the data) and set them back"
+        raise CheckFailure(f"after load_run the run is at step {run.step}, epoch {run.epoch}, batch "
+                           f"{run.batch}; it was saved at step {s_step}, epoch {s_epoch}, batch "
+                           f"{s_batch}", hint=hint)
+    require(torch.equal(torch.get_rng_state(), saved["rng"]), "after load_run the random number "
+            f"generator is not where it was at step {step}: dropout will draw other masks than in "
+            "the uninterrupted run", hint="save torch.get_rng_state() and restore it with "
+            "torch.set_rng_state at the end of load_run")
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.values(), b.values()))
+
+
+@_one_thread
+def check_resume(save_run, load_run, seed: int = 0) -> None:
+    """(c) A run saved mid-epoch and at an epoch's end, restored into a fresh run, ends bit for bit
+    where the uninterrupted run ends."""
+    rng = random.Random(seed)
+    train_set = load_digits_splits(seed=seed).train
+    steps_per_epoch = -(-len(train_set) // BATCH_SIZE)
+    data_seed = seed + 1
+    # The uninterrupted run.
+    reference = make_run(seed)
+    train_until(reference, train_set, TOTAL_STEPS, data_seed)
+    # The same run, saved twice on the way: in the middle of epoch 1, and at the end of epoch 2.
+    middle = steps_per_epoch + rng.randrange(2, steps_per_epoch - 2)
+    boundary = 2 * steps_per_epoch
+    folder = Path(tempfile.mkdtemp(prefix="ex07-c-"))
+    interrupted, saved = make_run(seed), {}
+    for step in (middle, boundary):
+        train_until(interrupted, train_set, step, data_seed)
+        saved[step] = _snapshot(interrupted)
+        _call_watched(save_run, interrupted, folder / f"run-{step}.pt", name="save_run",
+                      modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
+        torch.set_rng_state(saved[step]["rng"])  # whatever save_run drew, the run goes on from here
+        _load_plain(folder / f"run-{step}.pt", "the file save_run wrote")
+    # Resume each, in a fresh run with other initial weights, after the generators moved on.
+    for step in (middle, boundary):
+        fresh = make_run(seed + 100)
+        _scramble_rng(rng.randrange(1, 10**6))
+        _call_watched(load_run, fresh, folder / f"run-{step}.pt", name="load_run",
+                      modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
+        _check_restored(fresh, saved[step], step, saved)
+        train_until(fresh, train_set, TOTAL_STEPS, data_seed)
+        weights, expected = fresh.model.state_dict(), reference.model.state_dict()
+        if not _same(weights, expected):
+            raise CheckFailure(f"resumed at step {step} and trained on to step {TOTAL_STEPS}, the run "
+                               "ended with other weights than the uninterrupted run (largest "
+                               f"difference {_largest_difference(weights, expected):.3g})",
+                               hint="everything that changes during training must be in the file "
+                               "and put back: state_dict()s, counters, RNG state")
+        require(_same(fresh.optimizer.state_dict()["state"], reference.optimizer.state_dict()["state"]),
+                f"resumed at step {step}, the run ended with other optimizer moments than the "
+                "uninterrupted run", hint="save and load optimizer.state_dict()")
+    passed(f"runs saved at step {middle} (the middle of epoch 2) and step {boundary} (the end of "
+           f"epoch 2), loaded into fresh runs after the random generators had moved on, continued "
+           f"to step {TOTAL_STEPS} and ended bit for bit equal to the uninterrupted run: every "
+           "weight and every optimizer moment")
