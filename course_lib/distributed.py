@@ -8,6 +8,8 @@ name over a torch.distributed call that is also correct, and free, with a single
 - `is_main_process()`: rank 0, the one process that logs and writes files;
 - `barrier()`, `all_reduce_sum()`: wait for every rank, add a tensor across the ranks;
 - `sharded_loader()`: a DataLoader over this rank's share of the data (a DistributedSampler);
+  `check_sharded()` refuses a training loader that is not sharded, `set_sampler_epoch()` tells
+  the sampler which epoch starts, and `rank_share()` splits an evaluation loader's batches;
 - `average_batchnorm_stats()`: the BatchNorm running statistics averaged across the ranks;
 - `call_on_main()`: run a function (writing a file, say) on rank 0 and give every rank its outcome,
   so an error that only rank 0 can see stops every rank instead of leaving them waiting;
@@ -147,9 +149,10 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def device_for_rank(device: str = "auto") -> torch.device:
-    """The device this process trains on: its own GPU under NCCL, else `device` ("auto": the CPU
-    or the only accelerator)."""
-    if device == "auto" and torch.cuda.is_available():
+    """The device this process trains on: "auto" gives its own GPU (cuda:LOCAL_RANK) under NCCL,
+    or outside a process group when there is one, and the CPU under gloo; else `device`."""
+    gloo = is_distributed() and dist.get_backend() != "nccl"
+    if device == "auto" and torch.cuda.is_available() and not gloo:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device == "auto":
         return torch.device("cpu")

@@ -40,6 +40,7 @@ group of two or more ranks, `fit` also:
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from contextlib import nullcontext
@@ -737,11 +738,16 @@ def _convert_batchnorm(model: nn.Module, cfg: TrainConfig, device: torch.device)
 def _wrap_for_ranks(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     """The DDP wrapper that all-reduces gradients; it copies rank 0's weights to every rank now.
 
-    broadcast_buffers=False: by default DDP would overwrite every rank's BatchNorm statistics with
-    rank 0's before each forward, throwing the other ranks' data away; they are averaged instead.
+    By default DDP would also overwrite every rank's BatchNorm statistics with rank 0's before each
+    forward, throwing the other ranks' data away; they are averaged instead (`_evaluate_run`,
+    `RunState.state_dict`). PyTorch 2.13 renamed the option that turns this off.
     """
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        no_buffer_sync = {"forward_sync_buffers": False}
+    else:
+        no_buffer_sync = {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
 
 
 def _evaluate_run(model: nn.Module, val_share, loss_fn, device, precision: str) -> dict:
@@ -780,6 +786,9 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
         check_sharded(train_loader)
         model = _convert_batchnorm(model, cfg, device)
     model.to(device)
+    # What trains: with several ranks, a DDP wrapper, which copies rank 0's weights to all now
+    # (before a checkpoint is loaded, which then gives each rank its own BatchNorm statistics).
+    trained = _wrap_for_ranks(model, device) if world > 1 else model
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
@@ -805,9 +814,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     files = _RunFiles(cfg.out_dir) if cfg.out_dir else None
     if files:
         files.start(state, resuming=resume_from is not None)
-    # What trains (a DDP wrapper with several ranks) and what each rank evaluates.
-    trained = _wrap_for_ranks(model, device) if world > 1 else model
-    val_share = rank_share(val_loader)
+    val_share = rank_share(val_loader)  # with several ranks, this rank's validation batches
 
     unread = []  # (step, loss) pairs still on the device, read at the next logging step
     samples_since_log, log_clock = 0, time.perf_counter()

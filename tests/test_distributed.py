@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
 import course_lib.loop
@@ -32,6 +34,7 @@ from course_lib import (
     load_digits_splits,
     make_loader,
     seed_everything,
+    train_step,
 )
 from course_lib.distributed import (
     all_gather_objects,
@@ -47,6 +50,7 @@ from course_lib.distributed import (
     sharded_loader,
 )
 from course_lib.history import History
+from course_lib.live import LiveView
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -68,12 +72,33 @@ def primitives_worker():
     average_batchnorm_stats(norm)
     shared = call_on_main(lambda: f"written by rank {get_rank()}")
     val = DataLoader(TensorDataset(torch.arange(7)), batch_size=2)
-    return {
+    return {"all_reduces_per_window": all_reduces_per_window(), **{
         "rank": rank, "world": get_world_size(), "main": is_main_process(), "sum": total.item(),
         "shares": shares, "mean": norm.running_mean.tolist(), "var": norm.running_var.tolist(),
         "gathered": all_gather_objects(rank * 10), "on_main": shared,
         "val_share": [batch[0].tolist() for batch in rank_share(val)],
-    }
+    }}
+
+
+def all_reduces_per_window():
+    """How many gradient all-reduces DDP makes in train_step over windows of 1 and 3 batches."""
+    torch.manual_seed(0)
+    model = DistributedDataParallel(nn.Linear(4, 3))
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(1)
+        return default_hooks.allreduce_hook(None, bucket)
+
+    model.register_comm_hook(None, counting_hook)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    counts = []
+    for size in (1, 3):
+        calls.clear()
+        train_step(model, [batch] * size, nn.functional.cross_entropy, optimizer)
+        counts.append(len(calls))
+    return counts
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +113,11 @@ def test_launch_returns_each_rank_s_value_in_rank_order(primitives):
     assert [r["sum"] for r in primitives] == [3.0, 3.0]
     assert [r["gathered"] for r in primitives] == [[0, 10], [0, 10]]
     assert [r["on_main"] for r in primitives] == ["written by rank 0"] * 2
+
+
+def test_train_step_all_reduces_gradients_once_per_window(primitives):
+    # One bucket of gradients for this small model: once per window, not once per micro-batch.
+    assert [r["all_reduces_per_window"] for r in primitives] == [[1, 1], [1, 1]]
 
 
 def test_sharded_loader_shares_are_disjoint_and_cover_the_set(primitives):
@@ -433,6 +463,10 @@ def errors_worker(tmp, one_process_run):
             raise KeyError("rank 1's hook")
 
     attempt("stop", cfg=cfg.replace(max_steps=5), hooks=[rank_1_stops])
+    attempt("sync_batchnorm", cfg=cfg.replace(sync_batchnorm=True))
+    view = LiveView(mode="text")
+    attempt("live", hooks=[view])
+    messages["live_shown"] = view._shown
     attempt("hook_error", hooks=[rank_1_raises])
     return messages
 
@@ -467,8 +501,43 @@ def test_resuming_with_another_number_of_processes_is_refused(errors):
         assert "written by 1 process(es) and this run has 2" in messages["other_world"]
 
 
+def test_sync_batchnorm_is_refused_on_the_cpu_and_the_view_shows_on_rank_0_only(errors):
+    for messages in errors:
+        assert "sync_batchnorm = True: PyTorch's SyncBatchNorm runs on GPUs only" in (
+            messages["sync_batchnorm"])
+        assert messages["live"] == [1, 2]
+    assert errors[0]["live_shown"] == 3 and errors[1]["live_shown"] == 0  # 2 training, 1 eval
+    with pytest.raises(TypeError, match="sync_batchnorm must be bool"):
+        TrainConfig(sync_batchnorm=1)
+
+
 def test_a_stop_or_an_error_in_one_rank_s_hook_stops_every_rank_at_that_step(errors):
     assert errors[0]["stop"] == errors[1]["stop"] == [1]
     assert errors[1]["hook_error"] == "KeyError: \"rank 1's hook\""
     assert errors[0]["hook_error"].startswith("RuntimeError: a hook raised an error on another "
                                               "rank at step 1")
+
+
+# ---- the example script ---------------------------------------------------------------------------
+
+
+def run_example(*command, out_dir):
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run([*command, str(ROOT / "examples" / "train_digits.py"), "--steps", "4",
+                               "--out-dir", str(out_dir)],
+                              env=environment, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return finished.stdout
+
+
+def test_the_example_runs_alone_and_under_torchrun(tmp_path):
+    alone = run_example(sys.executable, out_dir=tmp_path / "alone")
+    assert alone.startswith("1 process(es), 4 steps")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    both = run_example(*torchrun, out_dir=tmp_path / "both")
+    assert both.startswith("2 process(es), 4 steps") and both.count("process(es)") == 1  # rank 0
+    for run in ("alone", "both"):
+        history = History.from_jsonl(tmp_path / run / "history.jsonl")
+        assert [r["step"] for r in history.eval] == [4]
+        assert load_checkpoint(tmp_path / run / "checkpoints" / "latest.pt")["world_size"] == (
+            1 if run == "alone" else 2)
