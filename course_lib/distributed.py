@@ -48,8 +48,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     """Start the process group that torchrun described; return (rank, world_size).
 
     In a plain process (no RANK/WORLD_SIZE in the environment) this does nothing and returns
-    (0, 1). The backend is NCCL when CUDA is there (each process takes the GPU of its LOCAL_RANK)
-    and gloo on the CPU. Calling it again returns the running group's rank and size.
+    (0, 1). The backend is NCCL when every process on this machine can have a GPU of its own (the
+    GPU of its LOCAL_RANK), else gloo, and the processes train on the CPU. Calling it again returns
+    the running group's rank and size.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -58,7 +59,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; run in a single process")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        own_gpus = torch.cuda.is_available() and local_processes <= torch.cuda.device_count()
+        backend = "nccl" if own_gpus else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))

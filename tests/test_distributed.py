@@ -1,5 +1,8 @@
 """Several processes: the primitives of course_lib.distributed, and `fit` under a process group.
 
+The processes are joined by gloo and train on the CPU (the configs say device="cpu", so that the
+one-process references run on the CPU too, even where a GPU is present).
+
 Each `launch` starts two fresh interpreters joined by a gloo group (3-4 s of start-up), so each
 worker below does several things and returns what the tests then assert on; a module-scoped
 fixture launches each worker once. The workers are module-level functions: the spawned processes
@@ -207,7 +210,7 @@ class UnionBatches(Sampler):
 # 150 examples: 75 per rank in batches of 16 make 5 batches (the last of 11), windows of 2 leave a
 # short last window of one: 3 optimizer steps an epoch, 6 in the run.
 UNION_RUN = dict(epochs=2, batch_size=16, grad_accum_steps=2, lr=0.02, warmup_steps=2,
-                 log_every=1, eval_every=4)
+                 log_every=1, eval_every=4, device="cpu")
 UNION_CASES = {"shuffled": dict(shuffle=True, ignore_every=0),
                "ignored_on_rank_1": dict(shuffle=False, ignore_every=3)}
 VAL_SIZE, EVAL_BATCH = 101, 20  # 6 batches (the last of 1): rank 0 evaluates 60, rank 1 41
@@ -233,7 +236,7 @@ def union_worker():
     model = MLP()
     train = sharded_loader(digits_subset(150), 16, seed=5)
     history = fit(model, train, make_loader(digits_subset(15, offset=400), 20),
-                  TrainConfig(max_steps=2, eval_every=2, log_every=1))
+                  TrainConfig(max_steps=2, eval_every=2, log_every=1, device="cpu"))
     results["one_val_batch"] = (model.state_dict(), history.without_timing())
     return results
 
@@ -312,7 +315,7 @@ class RecordingSampler(DistributedSampler):
 # 150 images, 75 per rank in batches of 16: 3 steps an epoch (windows of 2, 2, 1). Step 5 falls in
 # the middle of the second epoch and between evaluations (every 2 steps).
 RESUME_RUN = dict(epochs=3, batch_size=16, grad_accum_steps=2, lr=0.01, warmup_steps=2,
-                  log_every=1, eval_every=2, keep_best=2)
+                  log_every=1, eval_every=2, keep_best=2, device="cpu")
 STOP_STEP = 5
 
 
@@ -432,7 +435,7 @@ def test_the_checkpoint_holds_the_mean_of_the_ranks_batchnorm_statistics(resumed
 
 def errors_worker(tmp, one_process_run):
     rank = get_rank()
-    cfg = TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=1)
+    cfg = TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=1, device="cpu")
     dataset = digits_subset(150)
     val = make_loader(digits_subset(45, offset=400), 20)
     messages = {}
@@ -474,7 +477,7 @@ def errors_worker(tmp, one_process_run):
 @pytest.fixture(scope="module")
 def errors(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
-    cfg = TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=1,
+    cfg = TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=1, device="cpu",
                       out_dir=str(tmp / "alone"))
     seed_everything(0)
     fit(MLP(), sharded_loader(digits_subset(150), 16), make_loader(digits_subset(45), 20), cfg)
