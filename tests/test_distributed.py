@@ -430,6 +430,21 @@ def test_the_checkpoint_holds_the_mean_of_the_ranks_batchnorm_statistics(resumed
     assert not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
 
 
+def test_every_rank_evaluates_with_the_averaged_batchnorm_statistics(resumed_runs):
+    # The final checkpoint holds the statistics averaged over the ranks; evaluating its weights in
+    # one process gives the metrics the two ranks logged, which they can only do if both evaluated
+    # with those same statistics.
+    tmp, ranks = resumed_runs
+    checkpoint = load_checkpoint(tmp / "whole" / "checkpoints" / "latest.pt")
+    model = SmallCNN(batch_norm=True, dropout=0.3)
+    model.load_state_dict(checkpoint["model"])
+    expected = evaluate(model, make_loader(digits_subset(45, offset=400, images=True), 20))
+    logged = [r for r in ranks[0]["whole"]["history"] if "eval_loss" in r][-1]
+    assert logged["step"] == checkpoint["step"] == 9
+    assert logged["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-6)
+    assert logged["eval_accuracy"] == expected["eval_accuracy"]
+
+
 # ---- errors reach every rank ---------------------------------------------------------------------
 
 
