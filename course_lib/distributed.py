@@ -30,12 +30,12 @@ import queue
 import socket
 import time
 import traceback
-from itertools import islice
 from datetime import timedelta
+from itertools import islice
 
+import numpy as np
 import torch
 import torch.distributed as dist
-import numpy as np
 import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset

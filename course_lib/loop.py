@@ -633,8 +633,8 @@ def _call_hooks(hooks, view: TrainState, device) -> bool:
     if error is not None:
         raise error
     if flags[1] > 0:
-        raise RuntimeError(f"a hook raised an error on another rank at step {view.step}; its "
-                           "error is that rank's")
+        raise RuntimeError(f"a hook raised an error on another rank at step {view.step}; that "
+                           "rank raises it")
     return bool(flags[0] > 0)
 
 

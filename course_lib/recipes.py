@@ -13,7 +13,12 @@ import torch
 
 from course_lib.config import TrainConfig
 from course_lib.data import load_digits_splits, make_loader
-from course_lib.distributed import get_rank, get_world_size, init_distributed, sharded_loader
+from course_lib.distributed import (
+    get_rank,
+    get_world_size,
+    init_distributed,
+    sharded_loader,
+)
 from course_lib.loop import fit
 from course_lib.models import SmallCNN
 from course_lib.seeding import seed_everything

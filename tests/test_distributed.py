@@ -12,9 +12,9 @@ import them from this module by name.
 import math
 import os
 import shutil
-import types
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -75,12 +75,13 @@ def primitives_worker():
     average_batchnorm_stats(norm)
     shared = call_on_main(lambda: f"written by rank {get_rank()}")
     val = DataLoader(TensorDataset(torch.arange(7)), batch_size=2)
-    return {"all_reduces_per_window": all_reduces_per_window(), **{
+    return {
+        "all_reduces_per_window": all_reduces_per_window(),
         "rank": rank, "world": get_world_size(), "main": is_main_process(), "sum": total.item(),
         "shares": shares, "mean": norm.running_mean.tolist(), "var": norm.running_var.tolist(),
         "gathered": all_gather_objects(rank * 10), "on_main": shared,
         "val_share": [batch[0].tolist() for batch in rank_share(val)],
-    }}
+    }
 
 
 def all_reduces_per_window():
