@@ -449,6 +449,13 @@ def test_every_rank_evaluates_with_the_averaged_batchnorm_statistics(resumed_run
 # ---- errors reach every rank ---------------------------------------------------------------------
 
 
+def nan_on_rank_1_at_step_2(logits, targets):
+    loss = nn.functional.cross_entropy(logits, targets)
+    calls = nan_on_rank_1_at_step_2.training_calls = getattr(
+        nan_on_rank_1_at_step_2, "training_calls", 0) + logits.requires_grad
+    return loss * math.nan if get_rank() == 1 and calls == 2 else loss
+
+
 def errors_worker(tmp, one_process_run):
     rank = get_rank()
     cfg = TrainConfig(max_steps=2, batch_size=16, eval_every=2, log_every=1, device="cpu")
@@ -483,6 +490,7 @@ def errors_worker(tmp, one_process_run):
 
     attempt("stop", cfg=cfg.replace(max_steps=5), hooks=[rank_1_stops])
     attempt("sync_batchnorm", cfg=cfg.replace(sync_batchnorm=True))
+    attempt("nan_on_rank_1", loss_fn=nan_on_rank_1_at_step_2)
     view = LiveView(mode="text")
     attempt("live", hooks=[view])
     messages["live_shown"] = view._shown
@@ -528,6 +536,13 @@ def test_sync_batchnorm_is_refused_on_the_cpu_and_the_view_shows_on_rank_0_only(
     assert errors[0]["live_shown"] == 3 and errors[1]["live_shown"] == 0  # 2 training, 1 eval
     with pytest.raises(TypeError, match="sync_batchnorm must be bool"):
         TrainConfig(sync_batchnorm=1)
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_that_step(errors):
+    # The logged loss is the mean over both ranks' items, so both see the NaN and raise together.
+    for messages in errors:
+        assert messages["nan_on_rank_1"].startswith("NonFiniteLossError: the training loss was "
+                                                    "nan at step 2;")
 
 
 def test_a_stop_or_an_error_in_one_rank_s_hook_stops_every_rank_at_that_step(errors):
