@@ -4,7 +4,7 @@
 #
 #   make lab          open JupyterLab on notebooks/
 #   make test         run the test suite
-#   make test-fast    the tests of course_lib only: no notebooks, browser or check corpora (under a minute)
+#   make test-fast    the tests of course_lib only: no notebooks, browser, check corpora or several processes (under a minute)
 #   make test-checks  the wrong-answer corpus of every exercise check
 #   make exercises    regenerate exercises/ from solutions/
 #   make outputs      re-execute every lesson and solution in place, then regenerate exercises/
@@ -72,9 +72,10 @@ lab: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# tests/ only, without the tests that execute notebooks or open a browser; a hang fails in 60 s.
+# tests/ only, without the tests that execute notebooks, open a browser, run the check corpora or
+# start several processes; a hang fails in 60 s.
 test-fast: $(INSTALLED)
-	$(PY) -m pytest tests -m "not notebooks and not browser and not checks" --timeout=60 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not notebooks and not browser and not checks and not processes" --timeout=60 $(PYTEST_ARGS)
 
 test-checks: $(INSTALLED)
 	$(PY) -m pytest tests -m checks $(PYTEST_ARGS)

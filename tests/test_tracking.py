@@ -24,7 +24,8 @@ from course_lib.tracking import (
     read_table,
     track_run,
 )
-from course_lib.train_digits import main as train_digits
+from course_lib.train import launch_prefix
+from course_lib.train import main as train_from_command_line
 
 
 def git(repo, *args):
@@ -130,7 +131,7 @@ def test_rows_are_appended_with_one_header_and_earlier_rows_stay_byte_for_byte(t
 def test_a_row_holds_the_run_the_command_and_the_code_version(tmp_path, repo):
     cfg, history = small_run(tmp_path / "run")
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    command = ["python", "-m", "course_lib.train_digits", "--notes", "lr 0.05, it's high"]
+    command = ["python", "-m", "course_lib.train", "--notes", "lr 0.05, it's high"]
     row = track_run(tmp_path / "t.csv", study="lr", out_dir=cfg.out_dir, config="cfg.toml",
                     notes="first try", command=command, repo=repo, when=when)
     assert read_table(tmp_path / "t.csv") == [row]
@@ -182,13 +183,13 @@ def test_format_table_aligns_the_columns_and_cuts_long_cells():
     assert lines[2] == "a      xxxxxxxxx…" and lines[3] == "bb     y"
 
 
-def test_train_digits_trains_from_a_config_file_and_tracks_its_own_command(tmp_path, repo):
+def test_the_command_line_trains_from_a_config_file_and_tracks_its_own_command(tmp_path, repo):
     config = tmp_path / "cfg.toml"
     config.write_text('seed = 1\nmax_steps = 12\neval_every = 4\nlr = 0.01\ndevice = "cpu"\n')
     argv = ["--config", str(config), "--out-dir", str(tmp_path / "run"), "--study", "demo",
-            "--table", str(tmp_path / "t.csv"), "--notes", "a small run", "--hidden", "32"]
-    row = train_digits(argv)
-    assert shlex.split(row["command"]) == ["python", "-m", "course_lib.train_digits", *argv]
+            "--table", str(tmp_path / "t.csv"), "--notes", "a small run"]
+    row = train_from_command_line(argv)["tracked"]
+    assert shlex.split(row["command"]) == ["python", "-m", "course_lib.train", *argv]
     assert row["config"] == str(config) and row["best_step"] in {"4", "8", "12"}
     assert TrainConfig.from_toml(tmp_path / "run" / "config.toml").seed == 1
 
@@ -252,10 +253,10 @@ def test_the_tracked_command_run_again_reproduces_the_result(tmp_path, repo):
     config = tmp_path / "cfg.toml"
     config.write_text('seed = 2\nmax_steps = 16\neval_every = 4\nlr = 0.01\ndevice = "cpu"\n')
     argv = ["--config", str(config), "--out-dir", str(tmp_path / "first"), "--study", "again",
-            "--table", str(tmp_path / "t.csv"), "--dropout", "0.2"]
-    first = train_digits(argv)
+            "--table", str(tmp_path / "t.csv")]
+    first = train_from_command_line(argv)["tracked"]
     command = shlex.split(first["command"])
-    assert command[:3] == ["python", "-m", "course_lib.train_digits"]
+    assert command[:3] == ["python", "-m", "course_lib.train"]
     command[command.index("--out-dir") + 1] = str(tmp_path / "second")  # a fit run never overwrites another
     checkout = str(Path(__file__).resolve().parents[1])
     subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True,
@@ -263,3 +264,24 @@ def test_the_tracked_command_run_again_reproduces_the_result(tmp_path, repo):
     second = read_table(tmp_path / "t.csv")[1]
     assert (second["trial"], second["best_step"], second["best_value"]) == \
         ("2", first["best_step"], first["best_value"])
+
+
+def test_a_run_under_torchrun_records_the_torchrun_command(monkeypatch):
+    program = ["python", "-m", "course_lib.train"]
+    assert launch_prefix(program) == program  # a plain process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert launch_prefix(program) == ["torchrun", "--standalone", "--nproc_per_node=2", "-m",
+                                      "course_lib.train"]
+    assert launch_prefix(["python", "examples/train_digits.py"]) == [
+        "torchrun", "--standalone", "--nproc_per_node=2", "examples/train_digits.py"]
+    monkeypatch.setenv("WORLD_SIZE", "8")  # two machines of four processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launch_prefix(program)[:3] == ["torchrun", "--nproc_per_node=4", "--nnodes=2"]
+
+
+def test_the_command_line_refuses_a_table_without_a_study_or_out_dir(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_from_command_line(["--steps", "2", "--table", str(tmp_path / "t.csv")])
+    assert "--table needs --study and --out-dir" in capsys.readouterr().err
