@@ -14,7 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from course_lib.checkpoint import save_checkpoint
-from course_lib.distributed import all_reduce_sum, barrier, get_rank, get_world_size, is_main_process
+from course_lib.distributed import (
+    all_reduce_sum,
+    barrier,
+    get_rank,
+    get_world_size,
+    is_main_process,
+)
 from course_lib.multihost import ddp_keeping_own_statistics
 
 __all__ = ["DataLoader", "DistributedSampler", "F", "Subset", "all_reduce_sum", "barrier", "dist",
