@@ -89,9 +89,10 @@ def _epoch_orders(loader_or_sampler, epochs: int, set_epoch: bool) -> list[list[
 
 
 def data_orders(size: int, epochs: int = 3, seed: int = 0) -> dict[str, list[list[int]]]:
-    """The indices this rank reads in each epoch of a dataset of `size` examples, three ways:
+    """The indices this rank reads in each epoch of a dataset of `size` examples, four ways:
 
     - "one seed everywhere": every rank shuffles the whole dataset with a generator seeded `seed`;
+    - "sampler, seed + rank": a DistributedSampler seeded differently on each rank;
     - "sampler, no set_epoch": a DistributedSampler, and `set_epoch` never called;
     - "sampler + set_epoch": the same sampler, with `set_epoch(epoch)` before each epoch.
     """
@@ -99,8 +100,11 @@ def data_orders(size: int, epochs: int = 3, seed: int = 0) -> dict[str, list[lis
     shared = torch.utils.data.RandomSampler(indices, generator=torch.Generator().manual_seed(seed))
     sampler = DistributedSampler(indices, num_replicas=get_world_size(), rank=get_rank(),
                                  shuffle=True, seed=seed)
+    per_rank = DistributedSampler(indices, num_replicas=get_world_size(), rank=get_rank(),
+                                  shuffle=True, seed=seed + get_rank())
     return {
         "one seed everywhere": _epoch_orders(shared, epochs, set_epoch=False),
+        "sampler, seed + rank": _epoch_orders(per_rank, epochs, set_epoch=True),
         "sampler, no set_epoch": _epoch_orders(sampler, epochs, set_epoch=False),
         "sampler + set_epoch": _epoch_orders(sampler, epochs, set_epoch=True),
     }
@@ -136,6 +140,7 @@ def data_and_seeds_demo(small_size: int = 10, full_size: int = 1257, epochs: int
         "weights seed + rank": before,
         "weights seed + rank, after DDP": wrapped.module.features[0].weight.detach().clone(),
         "noise": noise,
+        "sync batchnorm": sync_batchnorm_attempt(),
     }
 
 
@@ -179,16 +184,14 @@ class ReadLog(Dataset):
         return self.dataset[index]
 
 
-def validation_shard(rank: int, world_size: int, classes_per_rank=None) -> Subset:
-    """This rank's own validation files: the digits' validation split cut by class, as data
-    stored in one file per class and spread over the hosts. With two ranks, rank 0 holds the
-    digits 0-5 and rank 1 the digits 6-9, so the two shards differ in size."""
-    val = load_digits_splits(seed=0, images=True).val
-    labels = val.tensors[1]
-    if classes_per_rank is None:
-        cut = [0, 6, 10] if world_size == 2 else torch.linspace(0, 10, world_size + 1).long().tolist()
-        classes_per_rank = [range(cut[r], cut[r + 1]) for r in range(world_size)]
-    mine = torch.isin(labels, torch.tensor(list(classes_per_rank[rank])))
+def validation_shard(val: Dataset, rank: int, world_size: int) -> Subset:
+    """This rank's own validation files: `val` cut by class, as data stored in one file per class
+    and spread over the hosts. With two ranks, rank 0 holds the digits 0-5 and rank 1 the digits
+    6-9, so the two shards differ in size (and in how hard they are)."""
+    labels = torch.as_tensor([int(label) for _, label in val])
+    cut = [0, 6, 10] if world_size == 2 else \
+        torch.linspace(0, 10, world_size + 1).round().long().tolist()
+    mine = (labels >= cut[rank]) & (labels < cut[rank + 1])
     return Subset(val, torch.nonzero(mine).flatten().tolist())
 
 
@@ -197,13 +200,17 @@ def _batchnorm_means(model: nn.Module) -> list[torch.Tensor]:
             if isinstance(module, nn.modules.batchnorm._BatchNorm)]
 
 
-def train_ddp(run_dir, pitfalls: DDPPitfalls = NO_PITFALL, *, epochs: int = 3,
+def train_ddp(run_dir, pitfalls: DDPPitfalls = NO_PITFALL, splits=None, *, epochs: int = 3,
               batch_size: int = 32, lr: float = 0.05, seed: int = 0) -> dict:
     """Train a SmallCNN with BatchNorm on the digits under DistributedDataParallel, the way
     `pitfalls` says, and return everything this rank saw: the indices it read per epoch, the
     loss per epoch, whether it wrote the checkpoint, its BatchNorm running means before and after
     the (optional) averaging, those in the checkpoint, and its validation counts and accuracies.
+    `splits` are the digits as images (`load_digits_splits(images=True)`); pass them from the
+    parent process, so that the ranks need not load them again.
     """
+    if splits is None:
+        splits = load_digits_splits(seed=0, images=True)
     rank, world_size = get_rank(), get_world_size()
     run_dir = Path(run_dir)
     torch.manual_seed(seed)  # the same initial weights on every rank
@@ -211,7 +218,7 @@ def train_ddp(run_dir, pitfalls: DDPPitfalls = NO_PITFALL, *, epochs: int = 3,
     ddp_model = ddp_keeping_own_statistics(model)
     optimizer = torch.optim.SGD(ddp_model.parameters(), lr=lr, momentum=0.9)
 
-    train_set = ReadLog(load_digits_splits(seed=0, images=True).train)
+    train_set = ReadLog(splits.train)
     if pitfalls.one_data_seed:
         loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(seed))
@@ -239,7 +246,7 @@ def train_ddp(run_dir, pitfalls: DDPPitfalls = NO_PITFALL, *, epochs: int = 3,
         average_batchnorm_stats(model)
 
     # Validation: each rank evaluates its own shard; the shards differ in size.
-    shard = validation_shard(rank, world_size)
+    shard = validation_shard(splits.val, rank, world_size)
     model.eval()
     correct = 0
     with torch.no_grad():
