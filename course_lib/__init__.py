@@ -15,7 +15,14 @@ from course_lib.data import (
     make_digits_loaders,
     make_loader,
 )
-from course_lib.distributed import init_distributed, is_main_process
+from course_lib.distributed import (
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    launch,
+    sharded_loader,
+)
 from course_lib.history import History
 from course_lib.loop import (
     STOP,
@@ -48,6 +55,7 @@ from course_lib.schedules import (
     warmup_cosine,
     warmup_cosine_multiplier,
 )
+from course_lib.recipes import train_digits
 from course_lib.seeding import seed_everything
 
 __all__ = [
@@ -74,8 +82,11 @@ __all__ = [
     "evaluate",
     "fit",
     "focal_loss",
+    "get_rank",
+    "get_world_size",
     "init_distributed",
     "is_main_process",
+    "launch",
     "load_checkpoint",
     "load_digits_splits",
     "make_digits_loaders",
@@ -88,6 +99,8 @@ __all__ = [
     "save_checkpoint",
     "schedule_curve",
     "seed_everything",
+    "sharded_loader",
+    "train_digits",
     "train_step",
     "warmup_cosine",
     "warmup_cosine_multiplier",

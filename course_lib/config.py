@@ -67,8 +67,12 @@ class TrainConfig:
     metric_direction: str = "max"
     # Where checkpoints and history.jsonl go; None keeps the run in memory only.
     out_dir: str | None = None
-    # "auto" picks cuda, then mps, then cpu.
+    # "auto" picks cuda, then mps, then cpu (with several processes: each rank's own GPU, or cpu).
     device: str = "auto"
+    # Several processes only: BatchNorm statistics over every rank's batch (nn.SyncBatchNorm, GPU
+    # only). When False, each rank normalises with its own batch, and the running statistics are
+    # averaged across the ranks before each evaluation and each checkpoint.
+    sync_batchnorm: bool = False
 
     def __post_init__(self):
         self._check_types()
@@ -88,6 +92,11 @@ class TrainConfig:
                 continue
             if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))  # lr = 1 in a TOML file means 1.0
+                continue
+            if expected == "bool":
+                if not isinstance(value, bool):
+                    raise TypeError(f"TrainConfig.{f.name} must be bool (true or false), got "
+                                    f"{type(value).__name__} {value!r}")
                 continue
             python_type = {"int": int, "float": float, "str": str}[expected]
             if isinstance(value, bool) or not isinstance(value, python_type):

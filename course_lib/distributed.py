@@ -8,10 +8,18 @@ name over a torch.distributed call that is also correct, and free, with a single
 - `is_main_process()`: rank 0, the one process that logs and writes files;
 - `barrier()`, `all_reduce_sum()`: wait for every rank, add a tensor across the ranks;
 - `sharded_loader()`: a DataLoader over this rank's share of the data (a DistributedSampler);
+  `check_sharded()` refuses a training loader that is not sharded, `set_sampler_epoch()` tells
+  the sampler which epoch starts, and `rank_share()` splits an evaluation loader's batches;
 - `average_batchnorm_stats()`: the BatchNorm running statistics averaged across the ranks;
+- `call_on_main()`: run a function (writing a file, say) on rank 0 and give every rank its outcome,
+  so an error that only rank 0 can see stops every rank instead of leaving them waiting;
+- `rank_seed()`: the seed of this rank's own random stream (dropout, augmentation);
 - `launch(fn, world_size)`: start `world_size` processes on this machine, each calling `fn`, as
   torchrun would, and return what each returned. `fn` must be importable (defined in a module,
   not in a notebook cell): the new processes import it by name.
+
+`course_lib.loop.fit` uses these to run unchanged under torchrun: see its docstring for what it
+does differently when the world size is above one.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ import socket
 import time
 import traceback
 from datetime import timedelta
+from itertools import islice
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 # The variables torchrun sets in every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -38,8 +48,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     """Start the process group that torchrun described; return (rank, world_size).
 
     In a plain process (no RANK/WORLD_SIZE in the environment) this does nothing and returns
-    (0, 1). The backend is NCCL when CUDA is there (each process takes the GPU of its LOCAL_RANK)
-    and gloo on the CPU. Calling it again returns the running group's rank and size.
+    (0, 1). The backend is NCCL when every process on this machine can have a GPU of its own (the
+    GPU of its LOCAL_RANK), else gloo, and the processes train on the CPU. Calling it again returns
+    the running group's rank and size.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -48,7 +59,9 @@ def init_distributed(backend: str | None = None, timeout_s: float = 120.0) -> tu
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; run in a single process")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        own_gpus = torch.cuda.is_available() and local_processes <= torch.cuda.device_count()
+        backend = "nccl" if own_gpus else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
@@ -86,10 +99,63 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def close_distributed() -> None:
+    """Leave the process group at the end of a script (nothing to do in a single process)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's `value` (any picklable object), as a list indexed by rank."""
+    if get_world_size() == 1:
+        return [value]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def call_on_main(fn, *args, **kwargs):
+    """Run `fn` on rank 0 only; every rank returns its result or raises its error.
+
+    Rank 0 alone writes files, so rank 0 alone can fail while writing (the folder already holds a
+    run, the disk is full). Were the error raised there only, the other ranks would wait forever at
+    their next collective call; here rank 0 sends its outcome to all, and they raise the same error.
+    """
+    if get_world_size() == 1:
+        return fn(*args, **kwargs)
+    outcome = [None]
+    if is_main_process():
+        try:
+            outcome[0] = ("ok", fn(*args, **kwargs))
+        except Exception as error:  # sent on, then raised here too
+            try:
+                pickle.dumps(error)
+                sent = error
+            except Exception:  # an error that cannot travel is sent as its text
+                sent = RuntimeError(f"{type(error).__name__}: {error}")
+            dist.broadcast_object_list([("error", sent)], src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    status, value = outcome[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s own random stream, derived from the run's `seed`.
+
+    NumPy's SeedSequence mixes the two numbers, so that no two (seed, rank) pairs share a stream:
+    with `seed + rank`, rank 1 of seed 0 would repeat rank 0 of seed 1.
+    """
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
 def device_for_rank(device: str = "auto") -> torch.device:
-    """The device this process trains on: its own GPU under NCCL, else `device` ("auto": the CPU
-    or the only accelerator)."""
-    if device == "auto" and torch.cuda.is_available():
+    """The device this process trains on: "auto" gives its own GPU (cuda:LOCAL_RANK) under NCCL,
+    or outside a process group when there is one, and the CPU under gloo; else `device`."""
+    gloo = is_distributed() and dist.get_backend() != "nccl"
+    if device == "auto" and torch.cuda.is_available() and not gloo:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device == "auto":
         return torch.device("cpu")
@@ -112,7 +178,90 @@ def sharded_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, s
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
+def _distributed_sampler(loader):
+    """The DistributedSampler (or any sampler that knows its replicas) behind a DataLoader."""
+    for sampler in (getattr(loader, "sampler", None),
+                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if isinstance(sampler, DistributedSampler) or hasattr(sampler, "num_replicas"):
+            return sampler
+    return None
+
+
+def check_sharded(loader) -> None:
+    """Refuse a training DataLoader that would give every rank the same examples.
+
+    A DataLoader over a map-style dataset must draw through a DistributedSampler built for this
+    process group (as `sharded_loader` does). A DataLoader over an IterableDataset, and any other
+    iterable of batches, is taken as sharding itself. Nothing to check in a single process.
+    """
+    world, rank = get_world_size(), get_rank()
+    if world == 1 or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return
+    sampler = _distributed_sampler(loader)
+    if sampler is None:
+        raise ValueError(
+            f"the training loader's sampler is a {type(loader.sampler).__name__}, so each of the "
+            f"{world} processes would train on the same examples; build it with "
+            "course_lib.distributed.sharded_loader(dataset, batch_size, seed=...) (a "
+            "DistributedSampler that deals each rank its own share)")
+    if sampler.num_replicas != world or getattr(sampler, "rank", rank) != rank:
+        raise ValueError(
+            f"the training loader's DistributedSampler was built for rank "
+            f"{getattr(sampler, 'rank', '?')} of {sampler.num_replicas}, but this process is rank "
+            f"{rank} of {world}: build the loader after init_distributed() (sharded_loader does)")
+
+
+def set_sampler_epoch(loader, epoch: int) -> None:
+    """Tell the loader's sampler which epoch starts, if it wants to know (DistributedSampler does:
+    it shuffles with seed + epoch, so without this every epoch repeats the first one's order)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(loader, "sampler", None), batch_sampler,
+                    getattr(batch_sampler, "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+class _EveryNth:
+    """Batches rank, rank + world, rank + 2 * world, ... of a loader, each time it is iterated."""
+
+    def __init__(self, loader, rank: int, world: int):
+        self.loader, self.rank, self.world = loader, rank, world
+
+    def __iter__(self):
+        return islice(iter(self.loader), self.rank, None, self.world)
+
+
+def rank_share(loader):
+    """This rank's share of an evaluation loader: across the ranks, every batch exactly once.
+
+    Rank r takes batches r, r + W, r + 2W, ... of the loader's own batches (the same examples in
+    the same batches as in one process, so nothing is padded or counted twice); a rank may get
+    none. A DataLoader over a map-style dataset is rebuilt to load only those batches; any other
+    iterable is read whole by every rank, which evaluates its share. In a single process: `loader`.
+    """
+    world, rank = get_world_size(), get_rank()
+    if world == 1:
+        return loader
+    if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+        batches = list(loader.batch_sampler)[rank::world]
+        return DataLoader(loader.dataset, batch_sampler=batches, collate_fn=loader.collate_fn,
+                          num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                          worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                          multiprocessing_context=loader.multiprocessing_context,
+                          persistent_workers=loader.persistent_workers)
+    return _EveryNth(loader, rank, world)
+
+
 BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def batchnorm_stats(model: nn.Module) -> dict:
+    """A copy of every BatchNorm's running mean and variance, by buffer name."""
+    return {f"{name}.{key}": buffer.detach().clone()
+            for name, module in model.named_modules()
+            if isinstance(module, BATCHNORM_TYPES) and module.track_running_stats
+            for key, buffer in (("running_mean", module.running_mean),
+                                ("running_var", module.running_var)) if buffer is not None}
 
 
 def average_batchnorm_stats(model: nn.Module) -> None:
@@ -163,6 +312,7 @@ def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwarg
     if is_distributed():
         dist.destroy_process_group()
 
+
 def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -> list:
     """Run `fn(*args, **kwargs)` in `world_size` new processes joined by a gloo process group.
 
@@ -174,10 +324,12 @@ def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
-    if getattr(fn, "__module__", None) == "__main__" or "<locals>" in getattr(fn, "__qualname__", ""):
-        raise ValueError(
-            f"launch needs a function the new processes can import; {fn.__qualname__} is defined in "
-            "__main__ (a notebook cell or a script) or inside another function: move it to a module")
+    name = getattr(fn, "__qualname__", repr(fn))
+    where = ("in __main__ (a notebook cell or a script)" if getattr(fn, "__module__", None) == "__main__"
+             else "inside another function" if "<locals>" in name else None)
+    if where:
+        raise ValueError(f"launch needs a function the new processes can import; {name} is defined "
+                         f"{where}: move it to a module")
     context = mp.get_context("spawn")
     results = context.Queue()
     port = free_port()

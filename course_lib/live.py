@@ -4,7 +4,8 @@
 step with the loop's state. In a Jupyter notebook it shows a progress bar (tqdm's notebook bar, the
 one `tqdm.auto` picks inside a kernel, with its rate and time left), the latest loss and eval
 accuracy, and a history plot that redraws as evaluations arrive. Anywhere else (a script, pytest)
-it prints one plain line per new log record.
+it prints one plain line per new log record. With several processes (lesson 08), only rank 0
+shows anything.
 
 The hook is called every step, so it must cost nothing when nothing new happened: it only compares
 the length of the history with what it has already shown, and never reads a tensor.
@@ -17,6 +18,7 @@ import time
 
 import ipywidgets as widgets
 
+from course_lib.distributed import is_main_process
 from course_lib.plots import plot_history
 from course_lib.widgets import show_figure
 
@@ -78,6 +80,8 @@ class LiveView:
     # ---- called by fit --------------------------------------------------------------------------
 
     def __call__(self, state) -> None:
+        if not is_main_process():  # several processes: one view, shown by rank 0
+            return
         records = state.history.records
         if state.history is not self._history:
             self._start(state)

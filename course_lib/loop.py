@@ -15,10 +15,32 @@ exactly what a checkpoint holds. The loop gets right the details that well-known
 
 Loss values stay on the device and are read only at logging steps: reading a tensor's value forces
 the host to wait for the device, and doing that every step would stall a GPU.
+
+The same script runs alone or as one of several processes under `torchrun --nproc_per_node=N`
+(lesson 08; `course_lib.distributed`). In a single process nothing below happens. Inside a process
+group of two or more ranks, `fit` also:
+
+- trains a DistributedDataParallel copy of the model on the rank's own device, and evaluates,
+  checkpoints and shows hooks the model itself (state_dict keys without "module.");
+- refuses a training DataLoader without a DistributedSampler (every rank would see the same
+  examples), and calls the sampler's `set_epoch` at the start of every epoch, resumed ones too;
+- all-reduces gradients once per accumulation window (`no_sync` on the other micro-batches), and
+  weighs every item of the window on every rank alike: the gradient and the logged loss are the
+  mean over all of them, even when the ranks hold different numbers of items;
+- evaluates each validation batch on one rank only and adds the sums and counts across the ranks
+  before reading them, so the metrics are those of one process evaluating everything;
+- averages BatchNorm running statistics across the ranks before each evaluation and each save;
+- writes files on rank 0 only, and stops every rank with rank 0's error when writing fails there;
+- calls hooks on every rank with the same history, and stops every rank when one hook says "stop";
+- gives each rank its own random stream (dropout, augmentation), seeded once from
+  `rank_seed(cfg.seed, rank)` at the start of a fresh run, and keeps every rank's random state in
+  the checkpoint, so that a resumed run is bit-for-bit the uninterrupted one (with the same number
+  of processes: resuming with another is refused).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from contextlib import nullcontext
@@ -27,32 +49,57 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from course_lib.checkpoint import load_checkpoint, rank_checkpoints, save_checkpoint
 from course_lib.config import TrainConfig
+from course_lib.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    average_batchnorm_stats,
+    barrier,
+    batchnorm_stats,
+    call_on_main,
+    check_sharded,
+    device_for_rank,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    rank_seed,
+    rank_share,
+    set_sampler_epoch,
+)
 from course_lib.history import History
 from course_lib.metrics import DebiasedEMA, confusion_counts, per_class_accuracy_from_confusion
 from course_lib.schedules import PER_EVALUATION, build_scheduler
-from course_lib.seeding import get_rng_state, set_rng_state
+from course_lib.seeding import get_rng_state, seed_everything, set_rng_state
 
 LOOP_OUTLINE = """\
 fit(model, train_loader, val_loader, cfg)
   build: device, loss (cross-entropy), AdamW (no decay on biases/norms), schedule, gradient scaler
+  several processes (torchrun): this rank's device, a DistributedDataParallel wrapper for training,
+    a training loader that must shard the data, this rank's share of the validation batches
   state: one RunState holds step, epoch, position in the epoch, RNG, best checkpoints, history
   resume: when resume_from is given, state.load_state_dict(checkpoint) restores all of it
+    (several processes, fresh run: each rank reseeds its own random stream instead)
   for each optimizer step until max_steps:
+    at an epoch's start: sampler.set_epoch(epoch) when the sampler has it
     take a window of grad_accum_steps micro-batches (shorter at the end of an epoch)
     train_step(window):
       for each micro-batch: forward under autocast (bf16/fp16) -> loss and its number of items,
-        backward through the loss weighted by its items (scaled by the fp16 gradient scaler)
+        backward through the loss weighted by its items (scaled by the fp16 gradient scaler);
+        several processes: gradients are all-reduced on the last micro-batch only, items summed
       unscale gradients, rescale to the window's items -> measure the gradient norm -> clip it
       optimizer step (the fp16 scaler skips it when gradients overflowed) -> update the scale
       clear gradients; advance a per-step schedule, unless the scaler skipped the step
     every log_every steps: read the losses, stop on a non-finite one, log a training record
-    every eval_every steps: evaluate (restoring train/eval modes), log, step a plateau schedule,
-      save state.state_dict() as latest.pt and keep the best checkpoints
+    every eval_every steps: average BatchNorm statistics across ranks, evaluate (restoring
+      train/eval modes; sums added across ranks), log, step a plateau schedule,
+      save state.state_dict() as latest.pt and keep the best checkpoints (rank 0 writes)
     call the hooks with a read-only state; a hook that returns "stop" ends the run cleanly
+      (on every rank)
   when the loader runs out, the epoch is over: the next one starts from its first batch
   return the History"""
 
@@ -87,10 +134,10 @@ class TrainState:
 class StepResult:
     """What `train_step` did. The tensors stay on the device; reading them waits for it."""
 
-    loss: torch.Tensor  # the mean loss over the window's items, detached
+    loss: torch.Tensor  # the mean loss over the window's items (on every rank), detached
     grad_norm: torch.Tensor  # the unscaled gradient norm, before clipping
     learning_rate: float  # the LR this step used (the first parameter group's)
-    samples: int  # examples in the window
+    samples: int  # examples in the window on this rank
     skipped: bool  # True when the fp16 scaler skipped the optimizer step
 
 
@@ -100,6 +147,12 @@ class RunState:
 
     `state_dict()` is the checkpoint, plain data that `load_checkpoint` (weights_only) accepts, and
     `load_state_dict(checkpoint)` puts a run back where it was, objects included.
+
+    With several processes, `state_dict()` is a collective call that every rank makes: the random
+    states ("rng", "epoch_rng") become lists indexed by rank, "rank_batchnorm" keeps each rank's
+    own BatchNorm statistics, and "model" holds them averaged across the ranks. `load_state_dict`
+    gives each rank its own share back, and refuses a checkpoint written by another number of
+    processes ("world_size"): the data each rank sees and the random streams depend on it.
     """
 
     model: nn.Module
@@ -126,7 +179,15 @@ class RunState:
             self.smoothing = DebiasedEMA(self.config.smoothing)
 
     def state_dict(self, metrics: dict | None = None) -> dict:
-        return {
+        rank_state = {"rng": get_rng_state(), "epoch_rng": self.epoch_rng}
+        world = get_world_size()
+        if world > 1:
+            # Taken before averaging: a run that goes on from here goes on with its own statistics.
+            rank_state["batchnorm"] = batchnorm_stats(self.model)
+            ranks = all_gather_objects(rank_state)
+            rank_state = {key: [entry[key] for entry in ranks] for key in rank_state}
+            average_batchnorm_stats(self.model)  # the checkpoint holds every rank's statistics
+        checkpoint = {
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -136,8 +197,9 @@ class RunState:
             "step": self.step,
             "epoch": self.epoch,
             "batches_done": self.batches_done,
-            "epoch_rng": self.epoch_rng,
-            "rng": get_rng_state(),
+            "epoch_rng": rank_state["epoch_rng"],
+            "rng": rank_state["rng"],
+            "world_size": world,
             "consecutive_skips": self.consecutive_skips,
             "skipped_steps": self.skipped_steps,
             "best": list(self.best),
@@ -145,17 +207,34 @@ class RunState:
             "smoothing": self.smoothing.state(),
             "metrics": metrics,
         }
+        if world > 1:
+            checkpoint["rank_batchnorm"] = rank_state["batchnorm"]
+        return checkpoint
 
     def load_state_dict(self, saved: dict) -> None:
         _check_resumable(saved["config"], self.config)
+        world, saved_world = get_world_size(), saved.get("world_size", 1)
+        if saved_world != world:
+            raise ValueError(
+                f"cannot resume: the checkpoint was written by {saved_world} process(es) and this "
+                f"run has {world}; each rank's data and random stream depend on the number of "
+                f"processes, so resume with {saved_world} (torchrun --nproc_per_node), or load "
+                "only the weights with load_checkpoint")
         for name in ("model", "optimizer", "scheduler", "scaler"):
             getattr(self, name).load_state_dict(saved[name])
         self.history = History(saved["history"])
-        for name in ("step", "epoch", "batches_done", "epoch_rng", "consecutive_skips",
+        for name in ("step", "epoch", "batches_done", "consecutive_skips",
                      "skipped_steps", "best", "unlogged_losses"):
             setattr(self, name, saved[name])
         self.smoothing = DebiasedEMA(self.config.smoothing, *saved["smoothing"])
-        self.resume_rng = saved["rng"]
+        self.epoch_rng, self.resume_rng = saved["epoch_rng"], saved["rng"]
+        if world > 1:  # this rank's share
+            rank = get_rank()
+            self.epoch_rng, self.resume_rng = self.epoch_rng[rank], self.resume_rng[rank]
+            own = saved["rank_batchnorm"][rank]
+            buffers = dict(self.model.named_buffers())
+            for name, value in own.items():
+                buffers[name].copy_(value)
 
 
 # ---- small helpers the loop calls ----------------------------------------------------------------
@@ -248,35 +327,49 @@ def train_step(model: nn.Module, window, loss_fn, optimizer, *, scheduler=None, 
     gradients are unscaled before they are measured and clipped (`grad_clip` > 0); the scaler
     (None or a disabled one for fp32 and bf16) may skip the step, and then `scheduler` (stepped per
     optimizer step) stays where it was.
+
+    `model` may be a DistributedDataParallel (lesson 08): then the gradients are all-reduced once,
+    during the last micro-batch's backward, and the loss and gradients are the mean over every item
+    of the window on every rank, as if one process had trained on all the ranks' batches.
     """
     device = device or next(model.parameters()).device
     scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     # The model's order, not the optimizer's groups': the gradient norm sums in this order.
     parameters = [p for p in model.parameters() if p.requires_grad]
+    ranks = _ddp_world_size(model)
+    # One micro-batch on one rank is its own mean; anything larger must count items.
+    weigh = len(window) > 1 or ranks > 1
     window_loss, window_items, samples, reference = 0.0, 0, 0, None
-    for batch in window:
-        with autocast_context(device, precision):
-            _, _, loss, items = batch_loss(model, batch, loss_fn, device, count=len(window) > 1)
-        # Each micro-batch counts in proportion to its items, but the window's total is known only
-        # after its last forward (a loss may report its own count). So each loss is weighted by its
-        # items relative to the first micro-batch's, and the gradients are rescaled by first/total
-        # at the end: the same as weighting by items/total, with the loss kept at the size of one
-        # micro-batch's, as fp16 loss scaling needs. A window of one micro-batch needs neither.
-        weighted = loss
-        if len(window) > 1:
-            if reference is None:
-                reference = items if isinstance(items, int) else items.clamp(min=1)
-            weighted = loss * (items / reference)
-            window_items = window_items + items
-        scaler.scale(weighted).backward()
+    for index, batch in enumerate(window):
+        with _gradient_sync(model, last=index == len(window) - 1):
+            with autocast_context(device, precision):
+                _, _, loss, items = batch_loss(model, batch, loss_fn, device, count=weigh)
+            # Each micro-batch counts in proportion to its items, but the window's total is known
+            # only after its last forward (a loss may report its own count). So each loss is
+            # weighted by its items relative to a reference (the first micro-batch's items), and
+            # the gradients are rescaled by reference/total at the end: the same as weighting by
+            # items/total, with the loss kept at the size of one micro-batch's, as fp16 loss
+            # scaling needs. Across ranks the reference must be the same on every rank, since
+            # DDP averages the ranks' gradients as they stand at the last backward.
+            weighted = loss
+            if weigh:
+                if reference is None:
+                    reference = _reference_items(items, ranks, device)
+                weighted = loss * (items / reference)
+                window_items = window_items + items
+            scaler.scale(weighted).backward()
         window_loss = window_loss + weighted.detach().float()
         samples += len(batch[0])
 
+    if ranks > 1:
+        window_items, window_loss = _sum_across_ranks(window_items, window_loss, device)
     scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
     gradients = [p.grad for p in parameters if p.grad is not None]
-    if len(window) > 1:
+    if weigh:
         rescale = reference / window_items
         window_loss = window_loss * rescale
+        if ranks > 1:
+            rescale = rescale * ranks  # DDP divided the sum of the ranks' gradients by `ranks`
         for gradient in gradients:
             gradient.mul_(rescale)
     if grad_clip > 0:
@@ -295,6 +388,38 @@ def train_step(model: nn.Module, window, loss_fn, optimizer, *, scheduler=None, 
     return StepResult(window_loss, grad_norm, learning_rate, samples, skipped)
 
 
+def _ddp_world_size(model: nn.Module) -> int:
+    """How many ranks a DistributedDataParallel model averages gradients over (1 for any other)."""
+    if isinstance(model, DistributedDataParallel):
+        return dist.get_world_size(model.process_group)
+    return 1
+
+
+def _gradient_sync(model: nn.Module, last: bool):
+    """DDP all-reduces gradients during every backward unless told not to: an accumulation window
+    needs it once, on its last micro-batch, when the gradients are complete."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return nullcontext()
+
+
+def _reference_items(items, ranks: int, device):
+    """The items a micro-batch's loss is weighted against: the first micro-batch's, averaged over
+    the ranks when there are several (one all-reduce), so that every rank weighs alike."""
+    if ranks == 1:
+        return items if isinstance(items, int) else items.clamp(min=1)
+    first = all_reduce_sum(torch.as_tensor(items, dtype=torch.float32, device=device).clone())
+    return (first / ranks).clamp(min=1)  # any common positive value works: it cancels out
+
+
+def _sum_across_ranks(window_items, window_loss, device):
+    """The window's items and weighted loss summed over the ranks, in one all-reduce."""
+    totals = torch.stack([torch.as_tensor(window_items, dtype=torch.float32, device=device),
+                          window_loss.float()])
+    all_reduce_sum(totals)
+    return totals[0], totals[1]
+
+
 def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str = "fp32") -> dict:
     """Dataset-level loss, accuracy and per-class accuracy over `loader` (lesson 05).
 
@@ -305,12 +430,38 @@ def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str
     is summed on the device and read back once, at the end. Every submodule gets back the
     train/eval mode it had, including a frozen BatchNorm kept in eval mode inside a training model.
     """
+    start = time.perf_counter()
+    sums = _evaluation_sums(model, loader, loss_fn, device, precision)
+    return _evaluation_metrics(*sums, start)
+
+
+def _evaluate_across_ranks(model: nn.Module, share, loss_fn, device, precision: str) -> dict:
+    """`evaluate` with several processes: each rank evaluates its share of the batches
+    (`rank_share`), and the sums and counts are added across the ranks before anything is read.
+    The result is what one process evaluating every batch finds, not an average of the ranks'
+    averages, which would weigh a rank with fewer items as much as one with more."""
+    start = time.perf_counter()
+    total_loss, total_items, counts, batches = _evaluation_sums(model, share, loss_fn, device,
+                                                                precision)
+    # A rank that got no batches has no counts, and cannot know their length (classes^2 + 1).
+    length = torch.tensor(0 if counts is None else len(counts), device=device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    packed = torch.zeros(3 + int(length), dtype=torch.float64, device=device)
+    packed[0], packed[1], packed[2] = total_loss, total_items, batches
+    if counts is not None:
+        packed[3:] = counts
+    all_reduce_sum(packed)
+    counts = packed[3:].round().long() if len(packed) > 3 else None
+    return _evaluation_metrics(packed[0], packed[1], counts, int(packed[2]), start)
+
+
+def _evaluation_sums(model: nn.Module, loader, loss_fn, device, precision: str):
+    """The summed loss, items, confusion counts (None without batches) and batches, on the device."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = device or next(model.parameters()).device
     ignored = _ignored_target(loss_fn)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    start = time.perf_counter()
     total_loss = torch.zeros((), device=device)
     total_items = torch.zeros((), device=device)
     counts = None
@@ -328,6 +479,10 @@ def evaluate(model: nn.Module, loader, loss_fn=None, device=None, precision: str
     finally:
         for module, was_training in modes:
             module.training = was_training  # set each module's own flag; no recursion
+    return total_loss, total_items, counts, batches
+
+
+def _evaluation_metrics(total_loss, total_items, counts, batches: int, start: float) -> dict:
     if counts is None:
         raise ValueError("the evaluation loader yielded no batches")
     counts = counts.cpu()  # the evaluation waits for the device here, once
@@ -377,6 +532,7 @@ def _epoch_batches(loader, state: RunState):
         state.epoch_rng = _loader_rng_state(loader)
     else:  # resuming mid-epoch: replay its order, then skip what was already trained on
         _restore_loader_rng_state(loader, state.epoch_rng)
+    set_sampler_epoch(loader, state.epoch)  # a DistributedSampler shuffles with seed + epoch
     batches = iter(loader)
     for _ in islice(batches, state.batches_done):
         pass
@@ -458,8 +614,31 @@ def _log(state: RunState, files: _RunFiles | None, record: dict) -> None:
         files.append(record)
 
 
-def _call_hooks(hooks, view: TrainState) -> bool:
-    """Call every hook; True when one of them returned STOP."""
+def _call_hooks(hooks, view: TrainState, device) -> bool:
+    """Call every hook; True when one of them returned STOP, on any rank.
+
+    With several processes every rank must stop at the same step, or the others would wait forever
+    for it in their next all-reduce: so the ranks share, in one all-reduce, whether a hook asked to
+    stop and whether a hook raised. A rank whose hook raised raises its error; the others raise
+    one that points to it.
+    """
+    if get_world_size() == 1:
+        return _call_each_hook(hooks, view)
+    error = None
+    try:
+        stop = _call_each_hook(hooks, view)
+    except Exception as raised:
+        stop, error = True, raised
+    flags = all_reduce_sum(torch.tensor([float(stop), float(error is not None)], device=device))
+    if error is not None:
+        raise error
+    if flags[1] > 0:
+        raise RuntimeError(f"a hook raised an error on another rank at step {view.step}; that "
+                           "rank raises it")
+    return bool(flags[0] > 0)
+
+
+def _call_each_hook(hooks, view: TrainState) -> bool:
     stop = False
     for hook in hooks:
         request = hook(view)
@@ -471,15 +650,26 @@ def _call_hooks(hooks, view: TrainState) -> bool:
 
 
 class _RunFiles:
-    """The output folder: history.jsonl, config.toml, checkpoints/latest.pt and the best N."""
+    """The output folder: history.jsonl, config.toml, checkpoints/latest.pt and the best N.
+
+    Every rank keeps one, and calls it at the same points (a checkpoint is a collective call), but
+    only rank 0 writes; an error there reaches every rank (`call_on_main`).
+    """
 
     def __init__(self, out_dir):
         self.root = Path(out_dir)
         self.checkpoints = self.root / "checkpoints"
         self.latest = self.checkpoints / "latest.pt"
         self.history = self.root / "history.jsonl"
+        self.writes = is_main_process()
 
     def start(self, state: RunState, resuming: bool) -> None:
+        call_on_main(self._prepare, state, resuming)
+        if not resuming:
+            # The starting point: a run killed before its first evaluation resumes too.
+            call_on_main(save_checkpoint, self.latest, state.state_dict())
+
+    def _prepare(self, state: RunState, resuming: bool) -> None:
         if self.latest.exists() and not resuming:
             raise FileExistsError(
                 f"{self.root} already holds a run; pass resume_from={str(self.root)!r} to continue "
@@ -489,32 +679,35 @@ class _RunFiles:
         (self.root / "config.toml").write_text(state.config.to_toml())
         # On resume, records written after the checkpoint are replayed, so rewrite from it.
         state.history.to_jsonl(self.history)
-        if not resuming:
-            # The starting point: a run killed before its first evaluation resumes too.
-            save_checkpoint(self.latest, state.state_dict())
 
     def append(self, record: dict) -> None:
-        with open(self.history, "a") as file:
-            file.write(History.record_to_line(record) + "\n")
+        if self.writes:
+            with open(self.history, "a") as file:
+                file.write(History.record_to_line(record) + "\n")
 
     def save(self, state: RunState, metrics: dict | None = None) -> None:
         """latest.pt, and with metrics a step_NNNNNN.pt while it ranks among the keep_best best."""
         cfg = state.config
+        checkpoint = state.state_dict(metrics)  # on every rank: it gathers each rank's RNG state
         if metrics is not None and cfg.keep_best > 0:
             path = self.checkpoints / f"step_{state.step:06d}.pt"
-            save_checkpoint(path, state.state_dict(metrics))
+            call_on_main(save_checkpoint, path, checkpoint)
             entry = {"path": path.name, "step": state.step, "metric": float(metrics[cfg.metric])}
             state.best, dropped = rank_checkpoints(state.best + [entry], cfg.keep_best,
                                                    cfg.metric_direction)
-            for old in dropped:
-                (self.checkpoints / old["path"]).unlink(missing_ok=True)
-        save_checkpoint(self.latest, state.state_dict(metrics))
+            checkpoint["best"] = list(state.best)
+            if self.writes:
+                for old in dropped:
+                    (self.checkpoints / old["path"]).unlink(missing_ok=True)
+        call_on_main(save_checkpoint, self.latest, checkpoint)
 
 
 def _check_resumable(saved: dict, cfg: TrainConfig) -> None:
     """A resumed run must be the same run: only where it runs may change."""
     may_differ = {"out_dir", "device"}
     current = cfg.to_dict()
+    # A field added since the checkpoint was written had its default value then.
+    saved = {**TrainConfig().to_dict(), **saved}
     differ = [k for k in current if k not in may_differ and saved.get(k) != current[k]]
     if differ:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in differ)
@@ -526,6 +719,44 @@ def _latest_checkpoint(resume_from) -> dict:
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
     return load_checkpoint(latest, map_location="cpu")  # RNG states must stay on the CPU
+
+
+def _convert_batchnorm(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """With cfg.sync_batchnorm, BatchNorm layers that compute their statistics over every rank's
+    batch. PyTorch's SyncBatchNorm runs on GPUs only, so on the CPU (gloo) it is refused."""
+    if not cfg.sync_batchnorm:
+        return model
+    if device.type not in ("cuda", "xpu", "hpu"):
+        raise ValueError(
+            f"TrainConfig.sync_batchnorm = True: PyTorch's SyncBatchNorm runs on GPUs only, and "
+            f"this rank trains on {device}; set it to False (the running statistics are then "
+            "averaged across the ranks before each evaluation and save)")
+    # The new layers keep the old ones' parameters, so an optimizer built already still fits.
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def _wrap_for_ranks(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """The DDP wrapper that all-reduces gradients; it copies rank 0's weights to every rank now.
+
+    By default DDP would also overwrite every rank's BatchNorm statistics with rank 0's before each
+    forward, throwing the other ranks' data away; they are averaged instead (`_evaluate_run`,
+    `RunState.state_dict`). PyTorch 2.13 renamed the option that turns this off.
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        no_buffer_sync = {"forward_sync_buffers": False}
+    else:
+        no_buffer_sync = {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=device_ids, **no_buffer_sync)
+
+
+def _evaluate_run(model: nn.Module, val_share, loss_fn, device, precision: str) -> dict:
+    """The periodic evaluation: in one process `evaluate`; with several, first every rank takes
+    the BatchNorm statistics averaged over all of them, then each evaluates its share."""
+    if get_world_size() == 1:
+        return evaluate(model, val_share, loss_fn, device, precision)
+    average_batchnorm_stats(model)
+    return _evaluate_across_ranks(model, val_share, loss_fn, device, precision)
 
 
 # ---- the loop -----------------------------------------------------------------------------------
@@ -541,10 +772,24 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     hook that returns "stop" ends the run after that step (a checkpoint is saved when out_dir is
     set), and an exception in a hook stops the run and propagates. `resume_from` is the out_dir of
     an earlier run of the same config, continued from its latest checkpoint.
+
+    Inside a process group of several ranks (torchrun, or `course_lib.distributed.launch`), pass
+    a training loader that shards the data (`sharded_loader`) and the whole validation loader, as
+    in one process; the module docstring lists what changes. `cfg.batch_size` is then each rank's
+    batch, and every rank must take as many batches per epoch as the others (a DistributedSampler
+    pads the last round to make sure of it). The model is trained through a DistributedDataParallel wrapper; `model` itself ends
+    with the trained weights on every rank, and it is what hooks, evaluation and checkpoints see.
     """
     # -- set-up ----------------------------------------------------------------------------------
-    device = resolve_device(cfg.device)
+    world = get_world_size()
+    device = resolve_device(cfg.device) if world == 1 else device_for_rank(cfg.device)
+    if world > 1:
+        check_sharded(train_loader)
+        model = _convert_batchnorm(model, cfg, device)
     model.to(device)
+    # What trains: with several ranks, a DDP wrapper, which copies rank 0's weights to all now
+    # (before a checkpoint is loaded, which then gives each rank its own BatchNorm statistics).
+    trained = _wrap_for_ranks(model, device) if world > 1 else model
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
@@ -563,9 +808,14 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     state = RunState(model, optimizer, scheduler, scaler, cfg)
     if resume_from is not None:
         state.load_state_dict(_latest_checkpoint(resume_from))
+    elif world > 1:
+        # One seed on every rank would give every rank the same dropout masks and augmentations;
+        # the weights need no common seed, since DDP copies rank 0's to the others.
+        seed_everything(rank_seed(cfg.seed, get_rank()))
     files = _RunFiles(cfg.out_dir) if cfg.out_dir else None
     if files:
         files.start(state, resuming=resume_from is not None)
+    val_share = rank_share(val_loader)  # with several ranks, this rank's validation batches
 
     unread = []  # (step, loss) pairs still on the device, read at the next logging step
     samples_since_log, log_clock = 0, time.perf_counter()
@@ -576,14 +826,14 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     while state.step < max_steps:
         # -- one epoch, or the rest of one when resuming -------------------------------------------
         for window in _windows(_epoch_batches(train_loader, state), cfg.grad_accum_steps):
-            result = train_step(model, window, loss_fn, optimizer, scheduler=per_step_scheduler,
+            result = train_step(trained, window, loss_fn, optimizer, scheduler=per_step_scheduler,
                                 scaler=scaler, grad_clip=cfg.grad_clip, device=device,
                                 precision=cfg.precision)
             state.step += 1
             state.batches_done += len(window)
             _count_skip(state, result.skipped)
             unread.append((state.step, result.loss))
-            samples_since_log += result.samples
+            samples_since_log += result.samples * world  # every rank trains on as many
             epoch = state.epoch + (state.batches_done / batches_per_epoch if batches_per_epoch else 0)
             last = state.step == max_steps
 
@@ -599,7 +849,7 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
             paused = time.perf_counter()  # samples_per_second counts training time only
             if state.step % cfg.eval_every == 0 or last:
                 _read_losses(unread, state, fp16)  # never save a checkpoint after an unseen NaN
-                metrics = evaluate(model, val_loader, loss_fn, device, cfg.precision)
+                metrics = _evaluate_run(model, val_share, loss_fn, device, cfg.precision)
                 if cfg.metric not in metrics:
                     raise KeyError(f"cfg.metric {cfg.metric!r} is not among {sorted(metrics)}")
                 _log(state, files, {"step": state.step, "epoch": epoch, **metrics})
@@ -609,12 +859,13 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
                     files.save(state, metrics)
             stop = hooks and _call_hooks(hooks, TrainState(
                 state.step, max_steps, epoch, result.learning_rate, state.skipped_steps,
-                state.history, cfg, model))
+                state.history, cfg, model), device)
             log_clock += time.perf_counter() - paused
             if stop:
                 _read_losses(unread, state, fp16)
                 if files:
                     files.save(state)
+                barrier()  # every rank returns once rank 0's files are complete
                 return state.history
             if last:
                 break
@@ -623,4 +874,5 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
             if state.batches_done == 0:
                 raise ValueError("the training loader yielded no batches in a whole epoch")
             state.epoch, state.batches_done, state.epoch_rng = state.epoch + 1, 0, None
+    barrier()
     return state.history
