@@ -257,6 +257,7 @@ def _batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
 _LIBRARY_ANSWERS = (
     ("course_lib.loop", "fit"), ("course_lib.loop", "evaluate"), ("course_lib", "fit"),
     ("course_lib", "evaluate"), ("course_lib.distributed", "sharded_loader"),
+    ("course_lib", "sharded_loader"),
     ("course_lib.distributed", "average_batchnorm_stats"),
 )
 
