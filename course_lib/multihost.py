@@ -6,12 +6,17 @@ measured; the lesson compares the ranks' dicts. They are module functions, not n
 because `launch` spawns fresh interpreters that import the function by name.
 
 - `collectives_demo`: rank, world size, all-reduce, all-gather and a barrier;
-- `data_and_seeds_demo`: the order in which each rank reads the data, epoch by epoch, for three
-  ways of loading it, and which seeds must be equal or different on every rank;
+- `data_and_seeds_demo`: the order in which each rank reads the data, epoch by epoch, for four
+  ways of loading it; which seeds must be equal or different on every rank; SyncBatchNorm tried
+  on the CPU (`sync_batchnorm_attempt`);
 - `train_ddp`: one hand-written DistributedDataParallel loop on the digits whose `DDPPitfalls`
   switches plant, one by one, the bugs of the lesson: every rank writing the checkpoint, one data
   seed on every rank, `set_epoch` forgotten, BatchNorm statistics saved from rank 0 only, and the
-  accuracy averaged across ranks of unequal size.
+  accuracy averaged across ranks of unequal size (`validation_shard` gives each rank its own,
+  unequal, validation files).
+
+`ddp_keeping_own_statistics(model)` wraps a model in DDP without its copying of rank 0's
+BatchNorm statistics to the other ranks; exercise 08 gives it to the learner.
 """
 
 from __future__ import annotations
