@@ -213,6 +213,10 @@ MUTATIONS = {
     "divided_by_world_times_own_count": [(RETURN, "    return (totals[0] / (world_size * len(val_shard))).item()\n")],
     "validation_with_drop_last": [(VAL_LOADER, "DataLoader(val_shard, batch_size=64, drop_last=True)")],
     "validation_in_train_mode": [("    model.eval()\n", "")],
+    "delegates_to_evaluate": [(RESULT, """    from course_lib import evaluate
+
+    accuracy = evaluate(model, DataLoader(val_shard, batch_size=256))["eval_accuracy"]
+"""), (RETURN, "    return accuracy\n")],
     "rank_zero_broadcasts_its_accuracy": [(RETURN, """    accuracy = torch.tensor([correct / len(val_shard)])
     dist.broadcast(accuracy, src=0)
     return accuracy.item()

@@ -11,7 +11,7 @@ reference, and on answers that fail before any launch.
 The corpus (tests/ex08_answers.py, each wrong answer the reference with one mistake) draws on the
 curriculum's five planted bugs, the lesson's "common bug" boxes (a seed per rank that does not
 shard, the DDP wrapper's state dict, summing without dividing, drop_last on validation), shortcuts
-(course_lib's sharded_loader and average_batchnorm_stats) and orderings (a barrier before the
+(course_lib's sharded_loader, average_batchnorm_stats and evaluate) and orderings (a barrier before the
 write, set_epoch after the epoch, statistics averaged after saving).
 
 Seeds: CHECK_SEEDS seeds (2 by default; `CHECK_SEEDS=16` for the full validation), each seed a
@@ -93,12 +93,14 @@ CORPUS = [
     ("divided_by_world_times_own_count", "e", "returned accuracy", "all-reduced number of examples"),
     ("validation_with_drop_last", "e", "evaluated 128 of its 181", "no drop_last"),
     ("validation_in_train_mode", "e", "made no prediction in eval mode", "model.eval()"),
+    ("delegates_to_evaluate", "e", "course_lib.loop.evaluate", "write it yourself"),
 ]
 CORRECT = ["reference", "strided_shards"]
 # Answers with a single mistake: every check but their own passes, so a learner is told which
 # property is still broken and only that one.
 ONE_MISTAKE = sorted({name for name, *_ in CORPUS} - {
-    "planted", "each_rank_its_own_file", "rank_numbering_from_one", "validation_in_train_mode"})
+    "planted", "each_rank_its_own_file", "rank_numbering_from_one", "validation_in_train_mode",
+    "delegates_to_evaluate"})
 
 
 @pytest.fixture(scope="module")
