@@ -218,3 +218,17 @@ def crashes_on_rank_one(model, train_set, val_shard, checkpoint_path, *, epochs,
 def test_a_crash_in_one_process_names_the_rank_and_the_error():
     with pytest.raises(CheckFailure, match="raised on rank 1: ValueError: a bug on one rank"):
         check_sharding(crashes_on_rank_one)
+
+
+def test_the_corpus_plants_exactly_the_function_the_exercise_hands_out():
+    """`planted` above is the exercise's buggy_train_distributed, so its failures are the ones a
+    learner who runs the checks on an unrepaired copy sees."""
+    import nbformat
+
+    from course_lib.instructor.make_exercises import package_root
+
+    notebook = nbformat.read(package_root() / "solutions" / "08_multi_host_pitfalls.ipynb", 4)
+    handed_out = next(cell.source for cell in notebook.cells
+                      if cell.source.startswith("def buggy_train_distributed("))
+    body = inspect.getsource(answers.planted).split('"""', 2)[2]
+    assert handed_out.split('"""', 2)[2].strip() == body.strip()
