@@ -232,3 +232,16 @@ def test_the_corpus_plants_exactly_the_function_the_exercise_hands_out():
                       if cell.source.startswith("def buggy_train_distributed("))
     body = inspect.getsource(answers.planted).split('"""', 2)[2]
     assert handed_out.split('"""', 2)[2].strip() == body.strip()
+
+
+def test_the_preamble_is_what_the_exercise_says_it_is():
+    """The exercise tells the learner that the processes get the imports of its first code cell."""
+    import nbformat
+
+    from course_lib.checks.ex08 import PREAMBLE
+    from course_lib.instructor.make_exercises import package_root
+
+    notebook = nbformat.read(package_root() / "solutions" / "08_multi_host_pitfalls.ipynb", 4)
+    first = next(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    checks_import = first[first.index("from course_lib.checks.ex08"):first.index("hint,\n)") + 8]
+    assert first.replace(checks_import, "").strip() == PREAMBLE.strip()

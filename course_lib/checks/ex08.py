@@ -65,7 +65,8 @@ from course_lib.checks._core import (
     require,
 )
 
-# The imports every learner function gets: its module starts with these lines.
+# The imports every learner function gets: its module starts with these lines, which are those of
+# the exercise's first code cell (but for the checks' own import; a test keeps the two in step).
 PREAMBLE = """\
 import torch
 import torch.distributed as dist
@@ -84,6 +85,7 @@ EPOCHS = 3
 BATCH_SIZE = 64
 # An odd size: DistributedSampler pads it with one example so that both ranks take equal steps.
 TRAIN_SIZE = 301
+# Added to rank r's pixels times r: the ranks' BatchNorm statistics differ whatever they read.
 RANK_SHIFT = 0.1
 # Unequal shards (rank 0, rank 1) of the 270 validation digits; half of rank 1's are mislabelled.
 # Averaging the two accuracies is then off by (a0 - a1)(181 - 89) / (2 * 270), which measured
