@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 NUM_DIGIT_CLASSES = 10
@@ -33,6 +31,11 @@ def load_digits_splits(
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less than 1")
+    # Imported here, not at the top: scikit-learn takes seconds to import, and the processes that
+    # lesson 08 starts import course_lib without needing it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = digits.data.astype(np.float32) / 16.0
     y = digits.target.astype(np.int64)

@@ -1,0 +1,704 @@
+"""Checks for exercise 08, a distributed training function to repair (introduced in exercise 08).
+
+The learner repairs `train_distributed(model, train_set, val_shard, checkpoint_path, *, epochs,
+batch_size, seed)`, which runs in every rank of a process group. The checks run it in two real
+processes (`course_lib.distributed.launch`, gloo) and watch it there, one property per check:
+
+- (a) `check_checkpoint`: only rank 0 writes the checkpoint, at `checkpoint_path`, as the plain
+  model's state dict; no rank returns before the file is there (a barrier);
+- (b) `check_sharding`: in every epoch the ranks read disjoint shares that cover the training set;
+- (c) `check_new_order_every_epoch`: no rank reads its share in the same order twice in a row;
+- (d) `check_batchnorm_synced`: the checkpoint's BatchNorm running statistics are the mean of the
+  ranks' own;
+- (e) `check_validation_accuracy`: every rank returns the accuracy over all ranks' validation
+  examples together, each counted once.
+
+How the learner's function reaches the processes: a spawned process cannot import a notebook
+cell, so the check reads the function's source (`inspect.getsource`; IPython keeps every cell's
+source) and writes it into a temporary module after a fixed preamble of imports, `PREAMBLE`. The
+processes import that module. The function may therefore use only the preamble's names, its
+arguments and what it imports itself, never another cell's variables; the check says so, naming
+the variable, before it starts anything.
+
+What the checks watch, inside each process (patching there is the check's own business): every
+call of `torch.save` (the rank, the file, and a pause on rank 0 before it writes, so that a rank
+that does not wait is caught returning before the file exists); the training set, a wrapper that
+writes down the indices each rank reads; each BatchNorm layer's running statistics after the
+rank's last training-mode forward pass (a forward hook); the model's predictions in eval mode and
+the validation indices read, from which the check recomputes the accuracy; and calls of the
+library's own answers (`fit`, `evaluate`, `sharded_loader`, `average_batchnorm_stats`).
+
+The check's data: each rank's training set is the same TRAIN_SIZE digits, its pixels shifted by
+RANK_SHIFT times the rank, so that the ranks' BatchNorm statistics differ even when a wrong
+answer has every rank read the same examples; the validation shards hold VAL_SIZES examples, and
+half of rank 1's carry a wrong label, so that the ranks' accuracies differ widely and the mean of
+the two accuracies is far from the accuracy over all examples.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dis
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from course_lib.checks._core import (
+    CheckFailure,
+    NotImplementedYet,
+    make_hint,
+    passed,
+    require,
+)
+
+# The imports every learner function gets: its module starts with these lines, which are those of
+# the exercise's first code cell (but for the checks' own import; a test keeps the two in step).
+PREAMBLE = """\
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from course_lib.checkpoint import save_checkpoint
+from course_lib.distributed import all_reduce_sum, barrier, get_rank, get_world_size, is_main_process
+from course_lib.models import SmallCNN
+from course_lib.multihost import ddp_keeping_own_statistics
+"""
+WORLD_SIZE = 2
+EPOCHS = 3
+BATCH_SIZE = 64
+# An odd size: DistributedSampler pads it with one example so that both ranks take equal steps.
+TRAIN_SIZE = 301
+# Added to rank r's pixels times r: the ranks' BatchNorm statistics differ whatever they read.
+RANK_SHIFT = 0.1
+# Unequal shards (rank 0, rank 1) of the 270 validation digits; half of rank 1's are mislabelled.
+# Averaging the two accuracies is then off by (a0 - a1)(181 - 89) / (2 * 270), which measured
+# 0.037 to 0.080 over 16 seeds, against a tolerance of 1e-4.
+VAL_SIZES = (181, 89)
+ACCURACY_TOLERANCE = 1e-4
+# BatchNorm statistics are compared with float32 arithmetic's slack. The ranks' own statistics
+# differed by at least 3e-3 in every buffer over 16 seeds: one rank's copy never passes for the mean.
+STATS_TOLERANCE = 1e-5
+# Rank 0 pauses this long before it writes: a rank that does not wait returns before the file
+# exists. Enough for a rank that only has to return from a function.
+SAVE_PAUSE_S = 0.5
+# Default seeds: each one is a whole run of the learner's function, inside one launch.
+SEEDS = (0,)
+# A run that takes longer is waiting forever (a collective call that some rank never makes);
+# the grader gives a cell 60 s by default, and this message should come first.
+LAUNCH_TIMEOUT_S = 45.0
+
+hint = make_hint({
+    "a": "Wrap the writing in `if is_main_process():` (or `get_rank() == 0`), save the plain "
+    "model's state dict (the one you were given, not the DistributedDataParallel wrapper), and "
+    "let every rank meet at `barrier()` AFTER that block, so that no rank goes on before the "
+    "file exists.",
+    "b": "Give the training DataLoader a DistributedSampler built with the same seed on every "
+    "rank (the `seed` argument): it shuffles the whole set once with that seed and deals each "
+    "rank its own share. A seed per rank with a plain shuffled loader still has every rank read "
+    "every example.",
+    "c": "Build the sampler once, before the epochs, and call its `set_epoch(epoch)` at the start "
+    "of every epoch, before the loop over batches: the sampler shuffles with seed + epoch.",
+    "d": "Before saving, replace every BatchNorm layer's running_mean and running_var by their "
+    "mean over the ranks: `dist.all_reduce` with the SUM, then divide by the world size, on "
+    "every rank.",
+    "e": "Count correct predictions and examples on each rank, put the two numbers in one tensor, "
+    "all-reduce it (a sum), and divide the total correct by the total count. Evaluate in eval "
+    "mode, every example of the shard once (no drop_last).",
+})
+
+
+# ---- the learner's function as a module the processes can import --------------------------------
+
+
+class _Module:
+    """The learner's function written into a temporary module: its folder, name and function."""
+
+    def __init__(self, fn, name: str):
+        if not callable(fn):
+            raise CheckFailure(f"{name} should be a function", got=type(fn).__name__,
+                               hint="pass the function itself, without calling it")
+        self.function_name = getattr(fn, "__name__", name)
+        try:
+            source = textwrap.dedent(inspect.getsource(fn))
+        except (OSError, TypeError):
+            raise CheckFailure(f"the check could not read the source of {name}",
+                               hint="define it with `def` in a notebook cell (or a module) and run "
+                               "that cell again; a lambda or a function made by exec has no "
+                               "source to read") from None
+        self.source = source
+        self.digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+        self.module_name = f"ex08_learner_{self.digest}"
+        self.folder = tempfile.mkdtemp(prefix="ex08_")
+        self.path = Path(self.folder) / f"{self.module_name}.py"
+        self.path.write_text(PREAMBLE + "\n" + source, encoding="utf-8")
+        self._compile_here(name)
+
+    def _compile_here(self, name: str) -> None:
+        """Run the module once in this process, to report a broken one before any launch."""
+        spec = importlib.util.spec_from_file_location(self.module_name, self.path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)  # not put in sys.modules: a trial run only
+        except Exception as error:  # noqa: BLE001 - any error becomes one readable line
+            raise CheckFailure(f"{name} could not be defined on its own: "
+                               f"{type(error).__name__}: {error}",
+                               hint="the check runs the function's cell alone after the fixed "
+                               "imports listed in the exercise") from None
+        namespace = vars(module)
+        function = namespace.get(self.function_name)
+        if not callable(function):
+            raise CheckFailure(f"the source of {name} does not define {self.function_name}",
+                               hint="keep the function in a cell of its own, defined with def")
+        missing = sorted(_free_globals(function.__code__) - set(namespace) - set(dir(builtins)))
+        if missing:
+            raise CheckFailure(
+                f"{name} uses {', '.join(f'`{m}`' for m in missing)}, which the processes will "
+                "not have", hint="the processes see only your function and the exercise's fixed "
+                "imports, never the notebook's other variables: pass values as arguments, import "
+                "what you need inside the function, or write the number itself")
+        self.is_stub = _is_stub(function)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _free_globals(code) -> set[str]:
+    names = set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            names.add(instruction.argval)
+    for constant in code.co_consts:
+        if inspect.iscode(constant):
+            names |= _free_globals(constant)
+    return names
+
+
+def _is_stub(function) -> bool:
+    """True when the body only raises NotImplementedError (after an optional docstring)."""
+    import ast
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.FunctionDef) else []
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
+        return False
+    raised = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
+    return isinstance(raised, ast.Name) and raised.id == "NotImplementedError"
+
+
+# ---- what each process does: run the learner's function under watch ------------------------------
+
+
+class _WatchedSet(Dataset):
+    """Examples lent by index, each read written down; `shift` is added to the inputs."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, shift: float = 0.0):
+        self.inputs, self.labels, self.shift = inputs, labels, shift
+        self.reads: list[int] = []
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        index = int(index)
+        self.reads.append(index)
+        return self.inputs[index] + self.shift, self.labels[index]
+
+
+def _digits() -> tuple[torch.Tensor, ...]:
+    """The digits' training and validation tensors, loaded once in the check's own process and
+    handed to the ranks (which then need not import scikit-learn)."""
+    from course_lib.data import load_digits_splits
+
+    splits = load_digits_splits(seed=0, images=True)
+    return (*splits.train.tensors, *splits.val.tensors)
+
+
+def _check_data(seed: int, rank: int, digits):
+    """This rank's training set and validation shard for one seed."""
+    x, y, vx, vy = digits
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    chosen = torch.randperm(len(y), generator=generator)[:TRAIN_SIZE]
+    train = _WatchedSet(x[chosen], y[chosen], shift=RANK_SHIFT * rank)
+    order = torch.randperm(len(vy), generator=generator)
+    start = sum(VAL_SIZES[:rank])
+    mine = order[start:start + VAL_SIZES[rank]]
+    labels = vy[mine].clone()
+    if rank == 1:  # half of rank 1's examples carry a wrong label
+        wrong = torch.randperm(len(labels), generator=generator)[:len(labels) // 2]
+        labels[wrong] = (labels[wrong] + 1 + torch.randint(9, (len(wrong),), generator=generator)) % 10
+    return train, _WatchedSet(vx[mine], labels)
+
+
+def _batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)}
+
+
+_LIBRARY_ANSWERS = (
+    ("course_lib.loop", "fit"), ("course_lib.loop", "evaluate"), ("course_lib", "fit"),
+    ("course_lib", "evaluate"), ("course_lib.distributed", "sharded_loader"),
+    ("course_lib", "sharded_loader"),
+    ("course_lib.distributed", "average_batchnorm_stats"),
+)
+
+
+def _watch_library(calls: list[str]) -> None:
+    """Replace the library's own answers, in this throw-away process, by recording wrappers."""
+    for module_name, attribute in _LIBRARY_ANSWERS:
+        module = importlib.import_module(module_name)
+        original = getattr(module, attribute)
+
+        def recording(*args, _original=original, _name=f"{original.__module__}.{attribute}",
+                      **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(module, attribute, recording)
+
+
+def _observe(modules, seeds, run_dir: str, pause_s: float, digits) -> list[list[dict]]:
+    """Run inside every rank: each learner function of `modules` ((folder, module name, function
+    name) triples) once per seed, under watch. Returns, per function and per seed, this rank's
+    record of what it saw."""
+    from course_lib.distributed import get_rank
+
+    rank = get_rank()
+    calls: list[str] = []
+    _watch_library(calls)
+    writes: list[str] = []
+    original_save = torch.save
+
+    def watched_save(obj, f, *args, **kwargs):
+        target = f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None)
+        if target is not None:  # a file, not the in-memory buffer pickling a tensor uses
+            writes.append(str(target))
+            if rank == 0:
+                time.sleep(pause_s)
+        return original_save(obj, f, *args, **kwargs)
+
+    torch.save = watched_save
+    results = []
+    try:
+        for number, (folder, module_name, function_name) in enumerate(modules):
+            sys.path.insert(0, folder)
+            function = getattr(importlib.import_module(module_name), function_name)
+            results.append([_observe_one(function, module_name, seed, rank, digits, calls, writes,
+                                         Path(run_dir) / f"function{number}" / f"seed{seed}")
+                            for seed in seeds])
+    finally:
+        torch.save = original_save  # sending the results back pickles tensors with torch.save
+    return results
+
+
+def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls, writes,
+                 folder: Path) -> dict:
+    """One run of the learner's function in this rank, and what the check saw of it."""
+    from course_lib.checkpoint import load_checkpoint
+    from course_lib.distributed import barrier
+    from course_lib.models import SmallCNN
+
+    writes.clear()
+    calls.clear()
+    torch.manual_seed(seed)
+    model = SmallCNN(batch_norm=True)
+    own_stats: dict[str, torch.Tensor] = {}
+    trained = [0]
+    predictions: list[torch.Tensor] = []
+
+    def after_batchnorm(module, args, output, name):
+        if module.training and module.track_running_stats:
+            own_stats[f"{name}.running_mean"] = module.running_mean.detach().clone()
+            own_stats[f"{name}.running_var"] = module.running_var.detach().clone()
+
+    def after_model(module, args, output):
+        if module.training:
+            trained[0] += 1
+        else:
+            predictions.append(output.detach().argmax(dim=1).clone())
+
+    handles = [layer.register_forward_hook(
+        lambda m, a, o, name=name: after_batchnorm(m, a, o, name))
+        for name, layer in _batchnorm_layers(model).items()]
+    handles.append(model.register_forward_hook(after_model))
+    train, val = _check_data(seed, rank, digits)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.pt"
+    try:
+        returned = function(model, train, val, str(path), epochs=EPOCHS, batch_size=BATCH_SIZE,
+                            seed=seed)
+    except NotImplementedError:
+        raise RuntimeError("EX08-STUB") from None
+    except Exception as error:  # noqa: BLE001 - reported to the learner in one line
+        frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+                  if frame.filename.endswith(f"{module_name}.py")]
+        where = f" (line {frames[-1].lineno}: {frames[-1].line.strip()})" if frames else ""
+        raise RuntimeError(f"EX08-LEARNER {type(error).__name__}: {error}{where}") from None
+    exists_on_return = path.exists()
+    for handle in handles:
+        handle.remove()
+    barrier()
+    checkpoint = None
+    if rank == 0 and path.exists():
+        try:
+            checkpoint = load_checkpoint(path)
+        except Exception as error:  # noqa: BLE001 - described, not raised
+            checkpoint = f"{type(error).__name__}: {error}"
+    try:
+        returned = float(returned)
+    except (TypeError, ValueError):
+        returned = repr(returned)[:60]
+    record = {
+        "seed": seed, "rank": rank, "writes": list(writes),
+        "exists_on_return": exists_on_return, "exists_after": path.exists(),
+        "checkpoint": checkpoint, "own_stats": own_stats, "trained_batches": trained[0],
+        "train_reads": list(train.reads), "val_reads": list(val.reads),
+        "val_labels": val.labels.clone(),
+        "predictions": torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long),
+        "returned": returned, "library_calls": list(calls),
+        "plain_keys": sorted(model.state_dict()),
+    }
+    barrier()
+    return record
+
+
+# ---- running it and reading the results -----------------------------------------------------------
+
+
+def observe(functions, seeds=SEEDS, pause_s: float = 0.0, name: str = "train_distributed",
+            timeout_s: float = LAUNCH_TIMEOUT_S):
+    """Launch WORLD_SIZE processes that run each of `functions` once per seed; return, per
+    function, its runs (one per seed), each run being the list of the ranks' records.
+
+    A check calls it with the learner's function alone; the tests of the checks pass many
+    functions at once, so that one launch serves a whole corpus of answers.
+    """
+    from course_lib.distributed import launch
+
+    modules = []
+    try:
+        for fn in functions:
+            modules.append(_Module(fn, name))
+        if any(module.is_stub for module in modules):
+            raise NotImplementedYet(name)
+        run_dir = tempfile.mkdtemp(prefix="ex08_run_")
+        try:
+            per_rank = launch(_observe, WORLD_SIZE,
+                              [(m.folder, m.module_name, m.function_name) for m in modules],
+                              list(seeds), run_dir, pause_s, _digits(), timeout_s=timeout_s)
+        except RuntimeError as error:
+            raise _explain_launch_failure(str(error), name) from None
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        for module in modules:
+            module.cleanup()
+    # per_rank[rank][function][seed] -> [function][seed][rank]
+    return [[[per_rank[rank][f][s] for rank in range(WORLD_SIZE)] for s in range(len(seeds))]
+            for f in range(len(modules))]
+
+
+def _runs(runs) -> str:
+    return "1 run" if len(runs) == 1 else f"{len(runs)} runs, one per seed"
+
+
+def _common(runs, name: str) -> None:
+    """What every check requires first: the learner's own loop, training the model it got."""
+    for records in runs:
+        _refuse_library(records, name, ("course_lib.loop.fit", "course_lib.loop.evaluate"),
+                        "train and evaluate with your own loop")
+        require(all(r["trained_batches"] > 0 for r in records),
+                f"{name} never trained the model it was given",
+                hint="wrap and train the `model` argument; do not build a new one")
+
+
+def _explain_launch_failure(message: str, name: str) -> CheckFailure:
+    if "EX08-STUB" in message:
+        return NotImplementedYet(name)
+    rank = message.split()[1] if message.startswith("rank ") else "?"
+    if "EX08-LEARNER" in message:
+        detail = message.split("EX08-LEARNER", 1)[1].strip().splitlines()[0]
+        return CheckFailure(f"{name} raised on rank {rank}: {detail}",
+                            hint="run the function's cell again after fixing it; the error "
+                            "happened inside one of the two processes")
+    if "returned nothing" in message:
+        return CheckFailure(f"{name} did not finish in time",
+                            hint="a rank that waits in a collective call (all_reduce, barrier) "
+                            "that another rank never makes waits forever: call every collective "
+                            "on every rank, outside `if rank == 0:` blocks")
+    first = message.splitlines()[1] if "\n" in message else message
+    return CheckFailure(f"{name} failed in the processes: {first}",
+                        hint="a collective call made on some ranks only, or different tensor "
+                        "shapes on different ranks, often ends like this")
+
+
+def _refuse_library(records, name: str, names, instead: str) -> None:
+    for record in records:
+        for call in record["library_calls"]:
+            if call in names:
+                raise CheckFailure(f"{name} called {call}, the library's own answer",
+                                   hint=f"this exercise asks you to write it yourself: {instead}")
+
+
+# ---- (a) rank 0 writes the checkpoint, the others wait -------------------------------------------
+
+
+def check_checkpoint(train_distributed, *, seeds=SEEDS) -> None:
+    """Only rank 0 writes, at checkpoint_path, the plain model's state dict under "model"; every
+    rank returns only once the file exists."""
+    runs = observe([train_distributed], seeds, pause_s=SAVE_PAUSE_S)[0]
+    judge_checkpoint(runs)
+
+
+def judge_checkpoint(runs, name: str = "train_distributed") -> None:
+    """What check_checkpoint requires of the runs `observe` made."""
+    _common(runs, name)
+    for records in runs:
+        for record in records[1:]:
+            require(not record["writes"],
+                    f"rank {record['rank']} wrote a file too "
+                    f"({', '.join(Path(w).name for w in record['writes'])})",
+                    hint="only rank 0 writes (`if is_main_process():`); the other ranks would "
+                    "write the same checkpoint again, or race rank 0 for the same file")
+        zero = records[0]
+        require(bool(zero["writes"]) and zero["exists_after"],
+                "rank 0 wrote no checkpoint at checkpoint_path",
+                got=f"files written: {[Path(w).name for w in zero['writes']] or 'none'}",
+                hint="rank 0 must save to the checkpoint_path it was given")
+        late = [r["rank"] for r in records if not r["exists_on_return"]]
+        require(not late, f"rank {late[0] if late else ''} returned before the checkpoint existed",
+                hint="after rank 0's `if` block, every rank waits at `barrier()`, so that no rank "
+                "goes on (to load, evaluate, or exit) before the file is written")
+        checkpoint = zero["checkpoint"]
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+            raise CheckFailure("the checkpoint should be a dict with the model's state dict under "
+                               "'model'", got=repr(checkpoint)[:80] if not isinstance(checkpoint, dict)
+                               else f"keys {sorted(checkpoint)}",
+                               hint="save {'model': model.state_dict()}")
+        keys = sorted(checkpoint["model"])
+        if keys != zero["plain_keys"]:
+            prefixed = any(key.startswith("module.") for key in keys)
+            raise CheckFailure("the checkpoint's state dict does not fit a plain SmallCNN",
+                               got=f"keys like {keys[0]!r}" if keys else "no keys",
+                               hint="save the state dict of the model you were given, not of the "
+                               "DistributedDataParallel wrapper (whose keys start with 'module.')"
+                               if prefixed else "save model.state_dict() of the model you trained")
+    passed(f"only rank 0 wrote the checkpoint, and every rank waited for it ({_runs(runs)})")
+
+
+# ---- (b) each rank its own share ---------------------------------------------------------------
+
+
+def _epochs(record, name: str) -> list[list[int]]:
+    reads = record["train_reads"]
+    require(len(reads) > 0, f"rank {record['rank']} read no training examples through the "
+            "dataset it was given", hint="iterate over a DataLoader of train_set, with "
+            "num_workers=0 (the default)")
+    require(len(reads) % EPOCHS == 0,
+            f"rank {record['rank']} read {len(reads)} training examples in {EPOCHS} epochs, not "
+            "the same number each epoch", hint="train for exactly `epochs` epochs, each one "
+            "pass over the rank's share")
+    size = len(reads) // EPOCHS
+    return [reads[e * size:(e + 1) * size] for e in range(EPOCHS)]
+
+
+def check_sharding(train_distributed, *, seeds=SEEDS) -> None:
+    """In every epoch, the ranks read disjoint shares that together cover the training set
+    (DistributedSampler's padding: at most world_size - 1 examples read twice)."""
+    runs = observe([train_distributed], seeds, pause_s=0.0)[0]
+    judge_sharding(runs)
+
+
+def judge_sharding(runs, name: str = "train_distributed") -> None:
+    """What check_sharding requires of the runs `observe` made."""
+    _common(runs, name)
+    for records in runs:
+        _refuse_library(records, name, ("course_lib.distributed.sharded_loader",),
+                        "build the DataLoader with a DistributedSampler yourself")
+        epochs = [_epochs(record, name) for record in records]
+        for epoch in range(EPOCHS):
+            shares = [rank_epochs[epoch] for rank_epochs in epochs]
+            zero, one = shares[0], shares[1]
+            shared = len(set(zero) & set(one))
+            if shared > WORLD_SIZE - 1:
+                if zero == one:
+                    why = ("both ranks read the same examples in the same order: one data seed "
+                           "on every rank shuffles the same way everywhere")
+                elif len(set(zero)) >= TRAIN_SIZE - 1 and len(set(one)) >= TRAIN_SIZE - 1:
+                    why = ("every rank read the whole training set: a seed per rank changes the "
+                           "order, not which examples each rank reads")
+                else:
+                    why = ("the shares overlap: a DistributedSampler needs the SAME seed on every "
+                           "rank, or its ranks deal from different permutations")
+                raise CheckFailure(f"in epoch {epoch + 1}, {shared} of the {len(set(one))} "
+                                   "examples rank 1 read were read by rank 0 too",
+                                   hint=why + "; shard with a DistributedSampler (one seed)")
+            missed = TRAIN_SIZE - len(set(zero) | set(one))
+            require(missed <= WORLD_SIZE - 1,
+                    f"in epoch {epoch + 1}, {missed} of the {TRAIN_SIZE} training examples were "
+                    "read by no rank", hint="the ranks' shares must cover the whole set: "
+                    "DistributedSampler with num_replicas=get_world_size(), rank=get_rank()")
+    passed(f"in every epoch the ranks read disjoint shares of the {TRAIN_SIZE} training examples "
+           f"({_runs(runs)})")
+
+
+# ---- (c) a new order every epoch -------------------------------------------------------------------
+
+
+def check_new_order_every_epoch(train_distributed, *, seeds=SEEDS) -> None:
+    """No rank reads its examples in the same order in two consecutive epochs."""
+    runs = observe([train_distributed], seeds, pause_s=0.0)[0]
+    judge_new_order_every_epoch(runs)
+
+
+def judge_new_order_every_epoch(runs, name: str = "train_distributed") -> None:
+    """What check_new_order_every_epoch requires of the runs `observe` made."""
+    _common(runs, name)
+    for records in runs:
+        for record in records:
+            epochs = _epochs(record, name)
+            for epoch in range(1, EPOCHS):
+                require(epochs[epoch] != epochs[epoch - 1],
+                        f"rank {record['rank']} read its {len(epochs[epoch])} examples in the "
+                        f"same order in epochs {epoch} and {epoch + 1}",
+                        hint="a DistributedSampler shuffles with seed + the epoch it was last "
+                        "told: call sampler.set_epoch(epoch) at the start of every epoch, with "
+                        "that epoch's number")
+    passed(f"every rank read a new order in each of the {EPOCHS} epochs ({_runs(runs)})")
+
+
+# ---- (d) BatchNorm statistics averaged before saving ---------------------------------------------
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=STATS_TOLERANCE,
+                                                      atol=STATS_TOLERANCE))
+
+
+def check_batchnorm_synced(train_distributed, *, seeds=SEEDS) -> None:
+    """The checkpoint's running_mean and running_var of every BatchNorm layer are the mean over
+    the ranks of each rank's own statistics after its last training batch."""
+    runs = observe([train_distributed], seeds, pause_s=0.0)[0]
+    judge_batchnorm_synced(runs)
+
+
+def judge_batchnorm_synced(runs, name: str = "train_distributed") -> None:
+    """What check_batchnorm_synced requires of the runs `observe` made."""
+    _common(runs, name)
+    for records in runs:
+        _refuse_library(records, name, ("course_lib.distributed.average_batchnorm_stats",),
+                        "all-reduce the running statistics yourself")
+        checkpoint = records[0]["checkpoint"]
+        require(isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict),
+                "there is no checkpoint with a 'model' state dict to read the statistics from",
+                hint="pass check (a) first: rank 0 saves {'model': model.state_dict()}")
+        saved = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
+        own = [record["own_stats"] for record in records]
+        require(own[0] and set(own[0]) == set(own[1]),
+                "the check saw no training-mode forward pass through the BatchNorm layers",
+                hint="train the model you were given, in train mode")
+        means = {key: sum(stats[key] for stats in own) / len(own) for key in own[0]}
+        for key in sorted(own[0], key=lambda key: (key.endswith("running_var"), key)):
+            require(key in saved, f"the checkpoint has no {key}",
+                    hint="save the whole state dict; the running statistics are buffers in it")
+            if _close(saved[key], means[key]):
+                continue
+            twin = key.replace("running_var", "running_mean")
+            if key.endswith("running_var") and _close(saved[twin], means[twin]):
+                hint = "the running means are averaged, but not the running variances: average both"
+            elif _close(saved[key], own[0][key]) or _close(saved[key], own[1][key]):
+                which = 0 if _close(saved[key], own[0][key]) else 1
+                hint = (f"the checkpoint holds rank {which}'s statistics only: average them over "
+                        "the ranks before saving (all_reduce with SUM, then divide by the world "
+                        "size)")
+            elif _close(saved[key], sum(stats[key] for stats in own)):
+                hint = "the statistics were summed over the ranks but not divided by the world size"
+            else:
+                hint = ("the saved statistics are none of the ranks' and not their mean: average "
+                        "each buffer over the ranks once, on every rank, before saving")
+            gap = (saved[key].double() - means[key].double()).abs().max().item()
+            raise CheckFailure(f"the checkpoint's {key} is not the mean of the ranks' own "
+                               f"(off by up to {gap:.2g})", hint=hint)
+    passed(f"the checkpoint's BatchNorm statistics are the ranks' mean ({_runs(runs)})")
+
+
+# ---- (e) validation accuracy over all ranks' examples --------------------------------------------
+
+
+def check_validation_accuracy(train_distributed, *, seeds=SEEDS) -> None:
+    """Every rank returns (correct predictions on all ranks) / (examples on all ranks), each
+    validation example evaluated once, in eval mode."""
+    runs = observe([train_distributed], seeds, pause_s=0.0)[0]
+    judge_validation_accuracy(runs)
+
+
+def judge_validation_accuracy(runs, name: str = "train_distributed") -> None:
+    """What check_validation_accuracy requires of the runs `observe` made."""
+    _common(runs, name)
+    for records in runs:
+        correct, counts = [], []
+        for record in records:
+            rank, size = record["rank"], len(record["val_labels"])
+            reads, predictions = record["val_reads"], record["predictions"]
+            require(len(predictions) > 0,
+                    f"rank {rank} made no prediction in eval mode", hint="call model.eval() "
+                    "before evaluating (BatchNorm must use its running statistics)")
+            require(sorted(reads) == list(range(size)),
+                    f"rank {rank} evaluated {len(set(reads))} of its {size} validation examples "
+                    f"({len(reads)} reads)",
+                    hint="evaluate every example of the shard exactly once: no drop_last, no "
+                    "sampler that pads or skips")
+            require(len(predictions) == len(reads),
+                    f"rank {rank}'s eval-mode predictions ({len(predictions)}) do not match the "
+                    f"validation examples it read ({len(reads)})",
+                    hint="evaluate the validation shard once, in eval mode, and nothing else")
+            labels = record["val_labels"][torch.tensor(reads)]
+            correct.append(int((predictions == labels).sum()))
+            counts.append(size)
+        expected = sum(correct) / sum(counts)
+        rank_accuracies = [c / n for c, n in zip(correct, counts)]
+        mean_of_ranks = sum(rank_accuracies) / len(rank_accuracies)
+        for record, own in zip(records, rank_accuracies):
+            got = record["returned"]
+            if isinstance(got, float) and not math.isnan(got) and \
+                    abs(got - expected) <= ACCURACY_TOLERANCE:
+                continue
+            if not isinstance(got, float):
+                raise CheckFailure(f"rank {record['rank']} returned {got}, not a number",
+                                   hint="return the validation accuracy as a float")
+            if abs(got - mean_of_ranks) <= ACCURACY_TOLERANCE:
+                hint = ("that is the mean of the ranks' accuracies, but the shards differ in size "
+                        f"({counts[0]} and {counts[1]}): add up correct predictions and counts "
+                        "over the ranks and divide once (lesson 05's sums and counts)")
+            elif abs(got - own) <= ACCURACY_TOLERANCE:
+                hint = ("that is this rank's own accuracy: all-reduce the correct predictions "
+                        "and the counts, then divide")
+            else:
+                hint = ("divide the all-reduced number of correct predictions by the all-reduced "
+                        "number of examples")
+            raise CheckFailure(f"rank {record['rank']} returned accuracy {got:.4f}",
+                               expected=f"{expected:.4f} ({sum(correct)} correct of "
+                               f"{sum(counts)} examples on all ranks)", hint=hint)
+    passed(f"every rank returned the accuracy over all {sum(VAL_SIZES)} validation examples "
+           f"({_runs(runs)})")
