@@ -86,6 +86,22 @@ def downsample_class(dataset: Dataset, cls: int, keep_fraction: float, seed: int
     return Subset(dataset, indices.tolist())
 
 
+class ReadLog(Dataset):
+    """A dataset that lends `dataset`'s examples and writes down which indices were read, in order
+    (lessons 06 and 08 use it to see what a loader or a rank really read)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.reads: list[int] = []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.reads.append(int(index))
+        return self.dataset[index]
+
+
 def class_counts(dataset: Dataset, num_classes: int = NUM_DIGIT_CLASSES) -> list[int]:
     return torch.bincount(dataset_labels(dataset), minlength=num_classes).tolist()
 

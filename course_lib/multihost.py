@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from course_lib.checkpoint import load_checkpoint, save_checkpoint
-from course_lib.data import load_digits_splits
+from course_lib.data import ReadLog, load_digits_splits
 from course_lib.distributed import (
     all_reduce_sum,
     average_batchnorm_stats,
@@ -172,21 +172,6 @@ class DDPPitfalls:
 
 EVERY_PITFALL = DDPPitfalls(True, True, True, True, True)
 NO_PITFALL = DDPPitfalls()
-
-
-class ReadLog(Dataset):
-    """A dataset that lends its examples and writes down which indices were read, in order."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-        self.reads: list[int] = []
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        self.reads.append(int(index))
-        return self.dataset[index]
 
 
 def validation_shard(val: Dataset, rank: int, world_size: int) -> Subset:

@@ -8,9 +8,12 @@ line (what was expected, what came back, a hint) instead of a wall of traceback.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import traceback
+
+import torch
 
 
 class CheckFailure(AssertionError):
@@ -156,3 +159,22 @@ class CallWatch:
                 if name.startswith(prefix):
                     return name
         return None
+
+
+def one_thread(check):
+    """Run a check on one CPU thread, then give the learner's setting back.
+
+    The exercises' models are tiny: one thread is the fastest on a busy machine, and a check's
+    result cannot depend on how many cores the machine has.
+    """
+
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return check(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run

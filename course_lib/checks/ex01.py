@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import math
 import numbers
 import pickle
@@ -51,7 +50,15 @@ from torch.nn.modules.module import register_module_forward_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.data import TensorDataset
 
-from course_lib.checks._core import CallWatch, CheckFailure, call_learner, make_hint, passed, require
+from course_lib.checks._core import (
+    CallWatch,
+    CheckFailure,
+    call_learner,
+    make_hint,
+    one_thread,
+    passed,
+    require,
+)
 from course_lib.data import load_digits_splits
 from course_lib.models import MLP
 
@@ -164,25 +171,6 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if _is_number(value) else repr(value)[:40]
 
 
-def _one_thread(check):
-    """Run a check on one CPU thread, then restore the learner's setting.
-
-    The digits models are tiny: one thread is the fastest on a busy machine, and the results
-    cannot depend on how many cores the machine has.
-    """
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return check(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
 @contextmanager
 def _quiet_scheduler_warning():
     # The check itself provokes no warning; a learner's wrong order may, and the failure line
@@ -212,7 +200,7 @@ def _schedule_cases(seed: int) -> list[tuple[int, int]]:
     return cases
 
 
-@_one_thread
+@one_thread
 def check_lr_multiplier(lr_multiplier, seed: int = 0) -> None:
     """(a) The multiplier equals the contract's formula at every step, from 0 to total_steps."""
     cases = _schedule_cases(seed)
@@ -360,7 +348,7 @@ def _step_world(seed: int, cfg):
     return model, optimizer, scheduler, scaler
 
 
-@_one_thread
+@one_thread
 def check_train_step(train_step, config_class, seed: int = 0) -> None:
     """(b) One step, driven here on the check's own model and batches, matches the reference."""
     data = load_digits_splits(seed=0).train
@@ -547,7 +535,7 @@ def _reference_accuracy(model: nn.Module, dataset: TensorDataset) -> float:
     return correct / len(targets)
 
 
-@_one_thread
+@one_thread
 def check_evaluate(evaluate, seed: int = 0) -> None:
     """(c) evaluate(model, dataset): every example of that dataset once, in eval mode, no graph."""
     model = _trained_mode_sensitive_net(seed)
@@ -626,7 +614,7 @@ def _perturb_global_rng(value: int) -> None:
     random.seed(value)
 
 
-@_one_thread
+@one_thread
 def check_train_loader(make_train_loader, config_class, seed: int = 0) -> None:
     """(d) Same seed, same order; another seed, another order; a fresh shuffle every epoch."""
     rng = random.Random(seed)
@@ -902,7 +890,7 @@ def _check_checkpoint(result, watch: _RunWatch, cfg, accuracies: dict) -> dict:
     return checkpoint
 
 
-@_one_thread
+@one_thread
 def check_train(train, config_class, seed: int = 0) -> None:
     """(e) The whole loop: reaches the target, follows the contract, keeps the best, is seeded."""
     seeds = random.Random(seed).sample(range(1, 1000), 2)

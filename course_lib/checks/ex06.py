@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from course_lib.checks._core import (
     CallWatch,
@@ -35,7 +35,13 @@ from course_lib.checks._core import (
     passed,
     require,
 )
-from course_lib.data import class_counts, dataset_labels, downsample_class, load_digits_splits
+from course_lib.data import (
+    ReadLog,
+    class_counts,
+    dataset_labels,
+    downsample_class,
+    load_digits_splits,
+)
 from course_lib.models import MLP
 from course_lib.seeding import seed_everything
 
@@ -146,21 +152,6 @@ class _StepCounter:
     def __exit__(self, *exc_info):
         self._handle.remove()
         return False
-
-
-class _ReadLog(Dataset):
-    """A dataset that lends its examples and writes down which indices were read."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.reads: list[int] = []
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        self.reads.append(int(index))
-        return self.dataset[index]
 
 
 class _CountedLoss(nn.Module):
@@ -882,7 +873,7 @@ def _replay(train_and_log, train_set, val_set, seed: int, kwargs: dict) -> dict:
     step, from which the check makes its own predictions on val_set. Returns what the run did and
     the history it returned."""
     val_inputs, val_targets = _stack(val_set)
-    reads = _ReadLog(train_set)
+    reads = ReadLog(train_set)
     seed_everything(seed)
     model = MLP()
     snapshots = []

@@ -37,9 +37,6 @@ check over many seeds.
 from __future__ import annotations
 
 import copy
-import functools
-import os
-import pickle
 import random
 import tempfile
 from dataclasses import dataclass
@@ -48,7 +45,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.checks._core import CallWatch, CheckFailure, call_learner, code_objects, make_hint, passed, require
+from course_lib.checks._core import (
+    CallWatch,
+    CheckFailure,
+    call_learner,
+    code_objects,
+    make_hint,
+    one_thread,
+    passed,
+    require,
+)
 from course_lib.data import load_digits_splits
 from course_lib.models import MLP
 
@@ -68,21 +74,6 @@ hint = make_hint({
 
 CHECKPOINT_MODULE = "course_lib.checkpoint"
 LOOP_MODULE = "course_lib.loop"
-
-
-def _one_thread(check):
-    """Run a check on one CPU thread, then restore the learner's setting (see exercise 01)."""
-
-    @functools.wraps(check)
-    def run(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return check(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
 
 
 def _call_watched(fn, *args, name: str, watched: dict | None = None, modules=(), instead: str = ""):
@@ -182,7 +173,7 @@ def _load(load_safely, path):
                          instead=_LOAD_INSTEAD)
 
 
-@_one_thread
+@one_thread
 def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
     """(a) A save replaces the file whole or not at all; a load accepts plain data only."""
     generator = torch.Generator().manual_seed(seed)
@@ -390,7 +381,7 @@ def _keep_best_states(generator: torch.Generator, entries) -> dict:
     return {step: {"weights": torch.randn(8, generator=generator), "step": step} for step, _ in entries}
 
 
-@_one_thread
+@one_thread
 def check_keep_best(keep_best, seed: int = 0) -> None:
     """(b) After every call, the folder holds exactly the n best checkpoints so far, each whole."""
     rng = random.Random(seed)
@@ -584,7 +575,7 @@ def _largest_difference(a: dict, b: dict) -> float:
     return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.values(), b.values()))
 
 
-@_one_thread
+@one_thread
 def check_resume(save_run, load_run, seed: int = 0) -> None:
     """(c) A run saved mid-epoch and at an epoch's end, restored into a fresh run, ends bit for bit
     where the uninterrupted run ends."""
