@@ -777,8 +777,9 @@ def fit(model: nn.Module, train_loader, val_loader, cfg: TrainConfig, *, loss_fn
     a training loader that shards the data (`sharded_loader`) and the whole validation loader, as
     in one process; the module docstring lists what changes. `cfg.batch_size` is then each rank's
     batch, and every rank must take as many batches per epoch as the others (a DistributedSampler
-    pads the last round to make sure of it). The model is trained through a DistributedDataParallel wrapper; `model` itself ends
-    with the trained weights on every rank, and it is what hooks, evaluation and checkpoints see.
+    pads the last round to make sure of it). The model is trained through a
+    DistributedDataParallel wrapper; `model` itself ends with the trained weights on every rank,
+    and it is what hooks, evaluation and checkpoints see.
     """
     # -- set-up ----------------------------------------------------------------------------------
     world = get_world_size()
