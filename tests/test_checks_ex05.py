@@ -9,7 +9,6 @@ asserted below (the uniformity threshold of (c) included).
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import evaluate as library_evaluate
-from course_lib.checks._core import CheckFailure, NotImplementedYet
+from course_lib.checks._core import NotImplementedYet
 from course_lib.checks.ex05 import (
     check_evaluate_exact,
     check_masked_sums,
@@ -27,28 +26,7 @@ from course_lib.checks.ex05 import (
 )
 from course_lib.sampling import stratified_indices
 
-SEEDS = list(range(int(os.environ.get("CHECK_SEEDS", "2"))))
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, answer, *, hint_text, what=None):
-    """The check rejects `answer` on every seed, with `hint_text` in its hint."""
-    for seed in SEEDS:
-        with pytest.raises(CheckFailure) as info:
-            check(answer, seed=seed)
-        assert not isinstance(info.value, NotImplementedYet), info.value.line()
-        assert hint_text in info.value.hint, f"seed {seed}: {info.value.line()}"
-        if what is not None:
-            assert what in info.value.what, f"seed {seed}: {info.value.line()}"
-
-
-def passes(check, answer, capsys):
-    for seed in SEEDS:
-        check(answer, seed=seed)
-    assert capsys.readouterr().out.count("✓") == len(SEEDS)
+from check_support import fails_with, passes, stub
 
 
 def test_hint_answers_every_question(capsys):

@@ -1,0 +1,31 @@
+"""Helpers shared by the wrong-answer corpora of the exercise checks (tests/test_checks_*.py)."""
+
+import os
+
+import pytest
+
+from course_lib.checks._core import CheckFailure, NotImplementedYet
+
+# The seeds each check runs on: 2 in the everyday run, 16 (CHECK_SEEDS=16) to validate thresholds.
+SEEDS = list(range(int(os.environ.get("CHECK_SEEDS", "2"))))
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("write your code here")
+
+
+def fails_with(check, answer, *, hint_text, what=None):
+    """The check rejects `answer` on every seed, with `hint_text` in its hint."""
+    for seed in SEEDS:
+        with pytest.raises(CheckFailure) as info:
+            check(answer, seed=seed)
+        assert not isinstance(info.value, NotImplementedYet), info.value.line()
+        assert hint_text in info.value.hint, f"seed {seed}: {info.value.line()}"
+        if what is not None:
+            assert what in info.value.what, f"seed {seed}: {info.value.line()}"
+
+
+def passes(check, answer, capsys):
+    for seed in SEEDS:
+        check(answer, seed=seed)
+    assert capsys.readouterr().out.count("✓") == len(SEEDS)
