@@ -1,6 +1,9 @@
 """Helpers shared by the wrong-answer corpora of the exercise checks (tests/test_checks_*.py)."""
 
+import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +32,21 @@ def passes(check, answer, capsys):
     for seed in SEEDS:
         check(answer, seed=seed)
     assert capsys.readouterr().out.count("✓") == len(SEEDS)
+
+
+@contextlib.contextmanager
+def machine_loaded(processes: int = 2):
+    """Two CPU-bound processes run beside the block, as on a grading machine that is busy.
+
+    Checks with a timing bar must keep passing correct answers while this runs (exercise design,
+    rule 8).
+    """
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)
+    ]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()

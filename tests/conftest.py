@@ -1,7 +1,23 @@
 import os
+from pathlib import Path
 
 # Tests draw figures without a display; Agg renders them in memory.
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# COURSE_START_METHOD=spawn (or forkserver) runs every process the tests start, notebook kernels
+# included, under that multiprocessing start method, as on macOS, Windows or Python 3.14
+# (tests/start_method/sitecustomize.py).
+START_METHOD = os.environ.get("COURSE_START_METHOD")
+if START_METHOD:
+    if START_METHOD not in ("fork", "spawn", "forkserver"):
+        raise ValueError(f"COURSE_START_METHOD={START_METHOD!r}: use fork, spawn or forkserver")
+    _forcing = str(Path(__file__).parent / "start_method")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [_forcing, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    import multiprocessing
+
+    multiprocessing.set_start_method(START_METHOD, force=True)
 
 # Notebooks under tests/fixtures are inputs of other tests, not lessons to run under nbval.
 collect_ignore_glob = ["fixtures/*"]

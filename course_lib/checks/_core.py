@@ -178,3 +178,62 @@ def one_thread(check):
             torch.set_num_threads(threads)
 
     return run
+
+
+# ---- comparing with the reference: the rules every exercise follows ------------------------------
+#
+# 1. A tensor the contract describes is compared with the reference's by type, dtype, shape and then
+#    value: a float label tensor or a float64 image is a wrong answer even when its values are right,
+#    because the next line of a learner's real code (a loss, a matmul) breaks or silently upcasts.
+# 2. The tolerance is as tight as the reference allows, and each exercise states it next to the
+#    contract: 0 (exact) where the learner's answer can be the same operations as the reference;
+#    float32 rounding (a few ulps) where the order of operations may differ.
+
+
+def require_tensor(got, expected: torch.Tensor, what: str, *, rtol: float = 0.0, atol: float = 0.0,
+                   hint: str = "") -> None:
+    """`got` is a tensor with `expected`'s dtype and shape, and values within rtol/atol of it.
+
+    rtol = atol = 0 asks for the same numbers bit for bit (NaNs equal where both have them).
+    """
+    require(isinstance(got, torch.Tensor), f"{what} is not a tensor",
+            expected="a torch.Tensor", got=type(got).__name__, hint=hint)
+    require(got.dtype == expected.dtype, f"{what} has the wrong dtype",
+            expected=str(expected.dtype), got=str(got.dtype),
+            hint=hint or "keep the dtype the contract names; do not convert on the way out")
+    require(tuple(got.shape) == tuple(expected.shape), f"{what} has the wrong shape",
+            expected=tuple(expected.shape), got=tuple(got.shape), hint=hint)
+    got_cpu, expected_cpu = got.detach().cpu(), expected.detach().cpu()
+    if got_cpu.is_floating_point() or got_cpu.is_complex():
+        same = torch.allclose(got_cpu, expected_cpu, rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        same = torch.equal(got_cpu, expected_cpu)
+    tolerance = "exactly" if rtol == 0 and atol == 0 else f"within rtol={rtol:g}, atol={atol:g}"
+    if not same:
+        if got_cpu.is_floating_point() or got_cpu.is_complex():
+            worst = (got_cpu.double() - expected_cpu.double()).abs().nan_to_num(float("inf")).max()
+            detail = f"largest difference {worst.item():.3g}"
+        else:
+            differ = (got_cpu != expected_cpu).sum().item()
+            detail = f"{differ} of {expected_cpu.numel()} entries differ"
+        raise CheckFailure(f"{what} does not match the reference {tolerance}",
+                           got=detail, hint=hint)
+
+
+def best_ratio(slow, fast, *, repeats: int = 3) -> tuple[float, float, float]:
+    """(slow seconds, fast seconds, slow / fast), each the best of `repeats` runs, measured in turn.
+
+    Timing bars compare two runs made in the same call, interleaved, and keep the best of each: a
+    busy machine slows both, so the ratio survives load that would fail an absolute time limit.
+    """
+    import time
+
+    best_slow = best_fast = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        slow()
+        best_slow = min(best_slow, time.perf_counter() - started)
+        started = time.perf_counter()
+        fast()
+        best_fast = min(best_fast, time.perf_counter() - started)
+    return best_slow, best_fast, best_slow / max(best_fast, 1e-9)
