@@ -3,9 +3,11 @@
 # or the torch build changes.
 #
 #   make lab          open JupyterLab on notebooks/
-#   make test         run the test suite
+#   make test         run the test suite, on every core (pytest-xdist)
 #   make test-fast    the tests of course_lib only: no notebooks, browser, check corpora or several processes (under a minute)
-#   make test-checks  the wrong-answer corpus of every exercise check
+#   make test-checks  the wrong-answer corpus of every exercise check (CHECK_SEEDS=16 for the full validation)
+#   make test-start-methods  every lesson, solution and exercise under spawn, then forkserver (macOS, Windows, Python 3.14)
+#   make test-floors  make test-fast in .venv-floors, built with the oldest versions pyproject.toml allows
 #   make exercises    regenerate exercises/ from solutions/
 #   make outputs      re-execute every lesson and solution in place, then regenerate exercises/
 #   make screenshots  retake the JupyterLab screenshots
@@ -16,11 +18,17 @@
 #               TORCH    what `pip install` gets for torch, installed before anything else, e.g.
 #                        TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121"
 #               LAB_ARGS, PYTEST_ARGS   extra flags for `jupyter lab` and `pytest`
+#               JOBS     pytest-xdist workers for make test and test-start-methods (auto: one per core; 0: none)
+#               FLOORS_PYTHON, FLOORS_TORCH   the interpreter and the torch that make test-floors uses
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 LAB_ARGS ?=
 PYTEST_ARGS ?=
+JOBS ?= auto
+FLOORS_PYTHON ?= python3.11
+# The floor in pyproject.toml (tests/test_environment.py checks that the two agree).
+FLOORS_TORCH ?= torch==2.6.0
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,7 +40,7 @@ TORCH_SPEC := $(VENV)/.torch-spec
 KERNEL_NAME := training-loops
 KERNEL_DISPLAY_NAME := Python (training loops)
 
-.PHONY: help setup lab test test-fast test-checks exercises outputs screenshots benchmark clean FORCE
+.PHONY: help setup lab test test-fast test-checks test-start-methods test-floors exercises outputs screenshots benchmark clean FORCE
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -69,8 +77,11 @@ lab: $(INSTALLED)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
 	    $$([ "$$(id -u)" -eq 0 ] && echo --allow-root) $(LAB_ARGS)
 
+# Each test file runs whole on one worker, so module fixtures and notebook kernels are built once;
+# tests/conftest.py refines the groups and starts the longest first.
+XDIST = -n $(JOBS) --dist loadfile
 test: $(INSTALLED)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # tests/ only, without the tests that execute notebooks, open a browser, run the check corpora or
 # start several processes; a hang fails in 60 s.
@@ -78,7 +89,30 @@ test-fast: $(INSTALLED)
 	$(PY) -m pytest tests -m "not notebooks and not browser and not checks and not processes" --timeout=60 $(PYTEST_ARGS)
 
 test-checks: $(INSTALLED)
-	$(PY) -m pytest tests -m checks $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m checks $(XDIST) $(PYTEST_ARGS)
+
+# make test already runs the lessons that start processes under both methods
+# (tests/test_start_methods.py); this runs every notebook so, lessons, solutions and exercises.
+test-start-methods: $(INSTALLED)
+	for method in spawn forkserver; do \
+	    echo "==> COURSE_START_METHOD=$$method"; \
+	    COURSE_START_METHOD=$$method $(PY) -m pytest $(XDIST) \
+	        notebooks solutions tests/test_exercises.py $(PYTEST_ARGS) || exit 1; \
+	done
+
+# A second environment with the oldest release of everything pyproject.toml allows (each `>=` read
+# as `==`, through pip's constraints), for catching a floor that the code has outgrown.
+FLOORS_VENV := .venv-floors
+$(FLOORS_VENV)/floors.txt: pyproject.toml
+	@mkdir -p $(FLOORS_VENV)
+	@$(FLOORS_PYTHON) -c 'import sys, tomllib; \
+	    project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	    lines = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]; \
+	    print("\n".join(r.replace(">=", "==") for r in lines if ">=" in r and not r.startswith("torch")))' > $@
+
+test-floors: $(FLOORS_VENV)/floors.txt
+	PIP_CONSTRAINT=$(abspath $(FLOORS_VENV)/floors.txt) $(MAKE) --no-print-directory test-fast \
+	    VENV=$(FLOORS_VENV) PYTHON=$(FLOORS_PYTHON) TORCH="$(FLOORS_TORCH)"
 
 exercises: $(INSTALLED)
 	$(PY) -m course_lib.instructor.make_exercises
@@ -96,4 +130,4 @@ benchmark: $(INSTALLED)
 	$(PY) benchmarks/loop_overhead.py
 
 clean:
-	rm -rf $(VENV) course_lib.egg-info
+	rm -rf $(VENV) $(FLOORS_VENV) course_lib.egg-info

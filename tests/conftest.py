@@ -4,20 +4,8 @@ from pathlib import Path
 # Tests draw figures without a display; Agg renders them in memory.
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# COURSE_START_METHOD=spawn (or forkserver) runs every process the tests start, notebook kernels
-# included, under that multiprocessing start method, as on macOS, Windows or Python 3.14
-# (tests/start_method/sitecustomize.py).
-START_METHOD = os.environ.get("COURSE_START_METHOD")
-if START_METHOD:
-    if START_METHOD not in ("fork", "spawn", "forkserver"):
-        raise ValueError(f"COURSE_START_METHOD={START_METHOD!r}: use fork, spawn or forkserver")
-    _forcing = str(Path(__file__).parent / "start_method")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [_forcing, *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
-    import multiprocessing
-
-    multiprocessing.set_start_method(START_METHOD, force=True)
+# COURSE_START_METHOD (spawn or forkserver) is applied by the conftest.py at the repository's root,
+# which pytest also loads when it runs only notebooks.
 
 # Notebooks under tests/fixtures are inputs of other tests, not lessons to run under nbval.
 collect_ignore_glob = ["fixtures/*"]
@@ -32,12 +20,62 @@ torch.set_num_threads(1)
 # Each of their tests starts two or more Python processes (torch.distributed, torchrun).
 MULTI_PROCESS_FILES = {"test_distributed.py", "test_multihost.py"}
 
+# Under pytest-xdist, `make test` passes `-n auto --dist loadfile`, and the scheduler below refines
+# loadfile's groups: a group runs whole on one worker. A file is one group, so its module fixtures are
+# built once and a notebook's cells share one kernel, in order; the multi-process files share one
+# group, so their process groups never compete with each other for the cores; each start-method run
+# of a notebook is a group of its own. Groups start longest first (a worker that finishes takes the
+# next), in the order below, which a run of `pytest --durations` measured; the rest start last.
+LONGEST_FIRST = [
+    "processes",
+    "tests/test_start_methods.py::",
+    "tests/test_checks_",
+    "solutions/",
+    "notebooks/",
+    "tests/test_grade",
+    "tests/test_nbgrader.py",
+    "tests/test_exercises.py",
+    "tests/test_browser.py",
+]
+
+
+def group_of(nodeid: str) -> str:
+    path = nodeid.split("::")[0]
+    if Path(path).name in MULTI_PROCESS_FILES:
+        return "processes"
+    if Path(path).name == "test_start_methods.py" and "[" in nodeid:
+        return nodeid
+    return path
+
+
+def start_rank(nodeid: str) -> int:
+    group = group_of(nodeid)
+    return next((rank for rank, prefix in enumerate(LONGEST_FIRST) if group.startswith(prefix)),
+                len(LONGEST_FIRST))
+
 
 def pytest_collection_modifyitems(config, items):
     """Mark the wrong-answer corpora of the exercise checks, and the tests that start several
-    processes, so `make test-fast` can leave them out."""
+    processes, so `make test-fast` can leave them out; order the tests longest group first."""
     for item in items:
         if item.path.name.startswith("test_checks_"):
             item.add_marker("checks")
         if item.path.name in MULTI_PROCESS_FILES:
             item.add_marker("processes")
+    # A stable sort: the order inside a group, which a notebook's cells depend on, is kept.
+    items.sort(key=lambda item: start_rank(item.nodeid))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with the groups of group_of, handed out in collection order."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(nodeid)
+
+    # Otherwise pytest-xdist reorders the groups by their number of tests, not by their length.
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
