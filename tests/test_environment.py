@@ -100,6 +100,28 @@ def test_makefile_torch_pin_satisfies_the_pyproject_range():
     )
 
 
+def makefile_variable(name: str) -> str:
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(rf"{name}\s*\?=\s*(.+)", line)
+        if match:
+            return match.group(1).strip()
+    raise AssertionError(f"the Makefile has no `{name} ?= ...` line")
+
+
+def test_make_test_floors_installs_the_torch_floor_of_pyproject():
+    (torch_range,) = [r for r in pyproject_requirements() if normalised(r.name) == "torch"]
+    (floor,) = [spec.version for spec in torch_range.specifier if spec.operator == ">="]
+    assert pinned_version(Requirement(makefile_variable("FLOORS_TORCH"))) == Version(floor), (
+        "FLOORS_TORCH in the Makefile should install the oldest torch that pyproject.toml allows")
+
+
+def test_ci_installs_the_torch_build_that_the_makefile_pins():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    torch_line = workflow["jobs"]["test"]["steps"][-1]["env"]["TORCH"]
+    assert pinned_version(Requirement(torch_line.split()[0])) == pinned_version(
+        makefile_torch_requirement())
+
+
 def test_environment_yml_pins_the_same_torch_as_the_makefile():
     (torch_line,) = [r for r in environment_requirements() if normalised(r.name) == "torch"]
     assert pinned_version(torch_line) == pinned_version(makefile_torch_requirement())
