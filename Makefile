@@ -84,9 +84,10 @@ test: $(INSTALLED)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # tests/ only, without the tests that execute notebooks, open a browser, run the check corpora or
-# start several processes; a hang fails in 60 s.
+# start several processes; a hang fails in 60 s. Short tests, handed out one by one to every core.
 test-fast: $(INSTALLED)
-	$(PY) -m pytest tests -m "not notebooks and not browser and not checks and not processes" --timeout=60 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not notebooks and not browser and not checks and not processes" \
+	    -n $(JOBS) --timeout=60 $(PYTEST_ARGS)
 
 test-checks: $(INSTALLED)
 	$(PY) -m pytest tests -m checks $(XDIST) $(PYTEST_ARGS)
