@@ -122,7 +122,7 @@ def test_python_below_the_declared_floor_is_a_problem_fixed_by_a_newer_python(de
 @pytest.mark.parametrize("check, module, old, needed", [
     (doctor.check_torch, "torch", "2.5.1", "2.6"),
     (doctor.check_scikit_learn, "sklearn", "1.3.2", "1.4"),
-    (lambda: doctor.check_jupyterlab(in_kernel=False), "jupyterlab", "3.6.7", "4.0"),
+    (lambda: doctor.check_jupyterlab(in_kernel=False), "jupyterlab", "3.6.7", "4.0.2"),
 ])
 def test_a_package_below_the_declared_floor_is_a_problem(declared, monkeypatch, check, module,
                                                          old, needed):
