@@ -4,23 +4,55 @@
     python -m course_lib.instructor.grade submissions/ --csv gradebook.csv --timeout 30
     python -m course_lib.instructor.grade alice.ipynb --reference path/to/exercises
 
-Each submission runs top to bottom in a fresh kernel, errors allowed, so every cell runs. A check
-passes when its cell ran and produced no error, and earns its points (`"exercise": {"points": 2}`
-in the check cell's metadata; 1 when absent). The checks expected are those of the reference
-exercise notebook (`exercises/` in the repository by default), matched by the ids that
-`course_lib.instructor.make_exercises` keeps in cell metadata (`"exercise": {"id": ...}`).
-
-The reference for a submission is found by, in order: the `exercise.generated_from` entry of the
-submission's metadata, the file name, and the longest reference name the file name starts with
-(so `01_loop-alice.ipynb` finds `01_loop.ipynb`).
+What runs is not the learner's notebook as they left it: the grader builds the notebook it runs
+from the reference exercise (`build_graded_notebook`), runs it in a fresh kernel inside a sandbox
+(`course_lib.instructor.sandbox`), errors allowed so every cell runs, and a check passes when its
+cell ran and produced no error and the integrity guard saw nothing change. It earns its points
+(`"exercise": {"points": 2}` in the check cell's metadata; 1 when absent). The checks expected are
+those of the reference exercise notebook (`exercises/` in the repository by default), matched by
+the ids that `course_lib.instructor.make_exercises` keeps in cell metadata (`"exercise": {"id":
+...}`).
 
 Decisions, and why:
 
 - Kernel: always ipykernel on the interpreter running the grader, whatever kernelspec the
   submission names or the machine has installed. A learner's notebook may name a kernel that
-  exists only on their laptop; the grade must come from the course's own environment. The
-  repository root goes on the kernel's PYTHONPATH, so `course_lib` imports wherever the
-  submission sits; the kernel's working folder is the submission's folder.
+  exists only on their laptop; the grade must come from the course's own environment.
+- Sandbox: each kernel runs under bubblewrap in a throw-away folder holding a read-only copy of
+  `course_lib` (without `course_lib.instructor`), its working folder, HOME and TMPDIR; the
+  repository, `solutions/`, `exercises/`, the other submissions, the gradebook, the grader's
+  processes and the network are out of its reach, its memory, processes and time are limited,
+  and every process it started ends with it (see that module). The kernel talks to the grader
+  over jupyter's `ipc` transport (unix sockets in that folder). Without bwrap, `grade()` raises
+  SandboxUnavailable and the command line stops with how to install it, unless `--no-sandbox`
+  (`sandbox=False`): the same throw-away folder, no box, and a warning.
+- Verdicts the learner's process cannot forge by a statement: the notebook that runs holds the
+  reference's own set-up cells (never the learner's copies); then, for each answer cell (a cell
+  with an `exercise` id that is not a check), the learner's cell of that id reduced to its
+  definitions (`answer_definitions`: top-level imports, `def`, `async def`, `class` and
+  assignments to plain names; every other statement, magic and shell line dropped); then the
+  reference's check cells. Learner cells added elsewhere never run: answers live in the answer
+  cells. So an input transformer installed by a statement, a check name rebound by a cell, an
+  edited check cell and a patch made by a top-level statement have nothing to act on.
+- Integrity guard, for patches made from what does run (a default argument, a decorator, a
+  class body, an assignment's right-hand side, or the learner's code while a check calls it):
+  just before the answers load, the kernel records what every attribute of builtins, `math`,
+  `random`, `os`, NumPy, the `torch` modules checks use, the rest of `course_lib`, a few patchable
+  classes (`torch.Tensor`, `nn.Module`, the optimizers, `DataLoader`, ...), `sys`'s hooks
+  (trace, profile, meta_path, excepthook, ...) and IPython's transformers, event callbacks and
+  execution methods refers to (`_kernel_guard.py`). After every cell, the grader asks it, as a
+  `user_expressions` entry of the execute request, which IPython evaluates after the cell with no
+  input or AST transformer in the way, whether anything changed. The first change (or a guard that
+  does not answer) fails the check it follows and every later one, and marks the row "tampered"
+  naming what changed. Wrappers torch puts around its own functions on first use are allowed
+  when their code is torch's and their `__wrapped__` is the original. The answers' source is also
+  scanned (`suspicious_constructs`) for what no honest answer needs (`get_ipython`,
+  `sys.modules`, `setattr`, `ctypes`, `__code__`, `/proc`, `solutions`, ...): named in the row's
+  note for the instructor, never failed on by itself.
+- Not defended: code that subverts the interpreter while a check calls it and restores every
+  watched name before the check ends (walking frames to rewrite the check's own locals, say), or
+  that finds the guard in memory and forges its answer. It runs in the learner's own sandboxed
+  kernel, so its damage stays in its own row.
 - Integrity: a check cell whose source differs from the reference (whitespace aside) is run with
   the reference source, so an edited check cannot earn a pass, and the row is marked "modified"
   naming the id. Deleted, duplicated or reordered check cells, and a solution cell moved below
@@ -36,18 +68,20 @@ Decisions, and why:
   nothing by it. Not defended: patching what the checks themselves use (torch, numpy, the rest of
   `course_lib`, builtins, the import system). A determined cheat can still win; an honest
   mistake or a casual shortcut cannot.
-- Environment: the kernel sees only PATH, HOME, LANG=C.UTF-8, a temporary folder of its own as
-  TMPDIR, the repository root as PYTHONPATH, and the thread-count variables when the grader has
-  them, never the rest of the grader's environment (tokens, keys, passwords).
+- Environment: the kernel sees only PATH, LANG=C.UTF-8, its own HOME, TMPDIR and PYTHONPATH (the
+  copy of course_lib) in the throw-away folder, and the thread-count variables when the grader
+  has them, never the rest of the grader's environment (tokens, keys, passwords).
 - Timeouts: a cell that runs past the limit is interrupted and counts as failed, the row is
   marked "timed out", and the rest of the notebook still runs, so one endless loop costs one
   exercise, not all the later ones. If the next cell times out too (the kernel ignored the
-  interrupt), grading of that notebook stops there.
+  interrupt), grading of that notebook stops there. The whole notebook may take the limit for
+  each answer and check cell plus a minute; past that the sandbox is killed.
 - The grader never stops on a bad submission: every problem becomes the status and note of that
-  notebook's row. Statuses, most serious first: "not a notebook", "crashed", "timed out",
-  "modified", "ok".
+  notebook's row. Statuses, most serious first: "not a notebook", "crashed", "tampered",
+  "timed out", "modified", "ok". A check whose cell the learner deleted still counts as failed.
 
-Exit status: 0 when every notebook was graded (whatever the grades), 2 on a usage error.
+Exit status: 0 when every notebook was graded (whatever the grades), 2 on a usage error, 3 when
+no sandbox can be made (nothing graded).
 """
 
 from __future__ import annotations
@@ -388,7 +422,8 @@ def suspicious_constructs(source: str) -> list[str]:
             name = node.id
         elif isinstance(node, ast.Attribute):
             name = node.attr
-            if node.attr == "modules" and isinstance(node.value, ast.Name) and node.value.id == "sys":
+            value = node.value
+            if node.attr == "modules" and isinstance(value, ast.Name) and value.id == "sys":
                 found.append("sys.modules")
         elif isinstance(node, ast.alias):
             name = node.name.split(".")[0]

@@ -84,7 +84,10 @@ os.execv(sys.argv[5], sys.argv[5:])
 """
 
 # Runs outside, as the process the kernel manager starts: SIGINT ignored, then bwrap.
-_IGNORE_SIGINT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execvp(sys.argv[1], sys.argv[1:])"
+_IGNORE_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 class SandboxUnavailable(RuntimeError):
