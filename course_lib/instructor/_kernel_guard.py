@@ -12,7 +12,7 @@ import sys
 # Modules whose attributes checks rely on, when they are loaded at install time.
 WATCHED_MODULES = (
     "builtins", "math", "random", "os", "os.path", "pathlib", "shutil", "tempfile", "time",
-    "copy", "functools", "itertools", "operator", "inspect", "importlib", "types", "warnings",
+    "copy", "functools", "itertools", "operator", "inspect", "importlib", "types",
     "numpy", "numpy.random", "numpy.testing",
     "torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.optim",
     "torch.optim.lr_scheduler", "torch.utils.data", "torch.testing", "torch.autograd",
@@ -159,9 +159,15 @@ def verdict():
     swaps IPython makes while a cell runs (sys.displayhook, builtins.input, ...).
     """
     if not _entries:
+        import warnings
+
         from IPython.core.getipython import get_ipython
 
-        install(get_ipython())
+        # Reading some torch names warns of their deprecation. (The warnings module is not
+        # watched: catch_warnings swaps its attributes.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            install(get_ipython())
         return ""
     if _latched:
         return _latched[0]
