@@ -363,9 +363,16 @@ def find_modifications(
 _KEPT_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+def _plain_target(target: ast.expr) -> bool:
+    """A plain name, or a tuple or list of them (`a, b = 1, 2`)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return all(_plain_target(element) for element in target.elts)
+    return isinstance(target, ast.Name)
+
+
 def _is_plain_assignment(node: ast.stmt) -> bool:
     if isinstance(node, ast.Assign):
-        return all(isinstance(target, ast.Name) for target in node.targets)
+        return all(_plain_target(target) for target in node.targets)
     return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
 
 
@@ -373,7 +380,7 @@ def answer_definitions(source: str) -> tuple[str, list[str]]:
     """The learner's answer cell reduced to its definitions, and notes on what was dropped.
 
     Kept, at the top level only: imports, `def`, `async def`, `class` and assignments to plain
-    names. Dropped: every other statement (calls, prints, loops, attribute or item assignments,
+    names (or tuples of them). Dropped: every other statement (calls, prints, loops, attribute or item assignments,
     a top-level `raise`), and IPython's magics and shell lines (`%...`, `!...`).
     """
     lines = source.splitlines()
