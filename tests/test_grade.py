@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
-import os
 
 import nbformat
 import pytest
@@ -17,6 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from course_lib.instructor.grade import (
     KERNEL_ENV_PASSED_ON,
+    kernel_env,
     check_imports,
     find_modifications,
     find_reference,
@@ -28,7 +27,8 @@ from course_lib.instructor.grade import (
     with_fresh_checks,
     write_csv,
 )
-from course_lib.instructor.make_exercises import make_exercise
+from course_lib.instructor.make_exercises import make_exercise, package_root
+from course_lib.instructor.sandbox import Sandbox
 
 # Check cells in the style of course_lib.checks, with a stand-in CheckFailure defined in a lesson
 # cell: importing course_lib in a kernel also imports torch, seconds per kernel. Like the real one,
@@ -64,10 +64,13 @@ if got != 1.5:
     raise CheckFailure(f"halve(3): expected 1.5, got {got}")
 ### END HIDDEN TESTS"""
 SECRET = "GRADER_TEST_SECRET_TOKEN"
+# Doubles right only when the kernel's environment holds none of the grader's secret, so the
+# check's verdict reports what the kernel saw (an answer cell runs only its definitions).
 ENV_PROBE = (
-    "import json, os\n"
-    "with open('env-probe.json', 'w') as handle:\n"
-    "    json.dump(dict(os.environ), handle)"
+    "import os\n"
+    f"LEAKED = {SECRET!r} in os.environ or 'hunter2' in str(dict(os.environ))\n"
+    "def double(x):\n"
+    "    return 0 if LEAKED else 2 * x"
 )
 
 
@@ -144,25 +147,22 @@ def workspace(tmp_path_factory):
     nbformat.write(reference_exercise_with_points(), root / "exercises" / "01_demo.ipynb")
     nbformat.write(reference_solution(), root / "solutions" / "01_demo.ipynb")
     nbformat.write(guard_exercise(), root / "exercises" / "02_guard.ipynb")
-    env_probe = submission()
-    env_probe.cells.append(new_code_cell(ENV_PROBE))
+    env_probe = submission(double=ENV_PROBE)
     submissions = {
         "passing": submission(),
         "failing": submission(halve="def halve(x):\n    return x"),
         "floor": submission(halve=FLOOR_HALVE),
         "env_probe": env_probe,
-        "endless": submission(double="while True:\n    pass"),
+        "endless": submission(double="def double(x):\n    while True:\n        pass"),
         "deleted": with_check_deleted(),
         "reordered": with_checks_swapped(),
         "edited": with_check_edited(),
-        "kills_kernel": submission(double="import os\nos._exit(1)"),
+        "kills_kernel": submission(double="import os\nstopped = os._exit(1)"),
     }
     (root / "submissions").mkdir()
     for name, notebook in submissions.items():
         nbformat.write(notebook, root / "submissions" / f"01_demo-{name}.ipynb")
     (root / "submissions" / "01_demo-not_json.ipynb").write_text("{ not json", encoding="utf-8")
-    # The guard exercise's checks module sits beside the submissions (the kernel's working folder).
-    (root / "submissions" / "demo_checks.py").write_text(DEMO_CHECKS, encoding="utf-8")
     for name, notebook in guard_submissions().items():
         nbformat.write(notebook, root / "submissions" / f"02_guard-{name}.ipynb")
     return root
@@ -202,9 +202,15 @@ WRONG_DOUBLE = "def double(x):\n    return x + 2"
 
 
 def guard_exercise():
+    # The set-up cell writes the checks module into the kernel's working folder (the sandbox's),
+    # the only folder it imports from besides course_lib and the environment.
+    setup = (
+        f"from pathlib import Path\nPath('demo_checks.py').write_text({DEMO_CHECKS!r})\n"
+        "from demo_checks import check_double"
+    )
     return new_notebook(
         cells=[
-            new_code_cell("from demo_checks import check_double"),
+            new_code_cell(setup),
             new_code_cell(
                 'def double(x):\n    raise NotImplementedError("return twice x")',
                 metadata={"exercise": {"id": "ex-double"}},
@@ -222,29 +228,28 @@ def guard_submissions():
 
     def learner(double, trick=None):
         notebook = guard_exercise()
-        notebook.cells[1].source = double
-        if trick:
-            notebook.cells.insert(2, new_code_cell(trick))
+        notebook.cells[1].source = double + ("\n" + trick if trick else "")
         return notebook
 
+    # Each trick is written as definitions (assignments to plain names), which the answer cell
+    # keeps, and also rebinds the name, so that it would win against a grader that merely
+    # re-imports (module_patched) or that refreshes the check's module but not _core.
     return {
         "right": learner(DOUBLE),
         "rebound": learner(WRONG_DOUBLE, "check_double = lambda *args, **kwargs: print('✓')"),
-        # Each trick also rebinds the name, so that it would win against a grader that merely
-        # re-imports (module_patched) or that refreshes the check's module but not _core.
         "module_patched": learner(
             WRONG_DOUBLE,
             "import demo_checks as m\n"
-            "m.check_double = lambda *args, **kwargs: None\n"
+            "_ = setattr(m, 'check_double', lambda *args, **kwargs: None)\n"
             "from demo_checks import check_double",
         ),
         "core_patched": learner(
             WRONG_DOUBLE,
             "import sys\n"
             "import course_lib.checks._core as core\n"
-            "core.require = lambda *args, **kwargs: None\n"
-            "core.call_learner = lambda fn, *args, **kwargs: 6\n"
-            "sys.modules.pop('demo_checks')\n"
+            "_ = setattr(core, 'require', lambda *args, **kwargs: None)\n"
+            "_ = setattr(core, 'call_learner', lambda fn, *args, **kwargs: 6)\n"
+            "_ = sys.modules.pop('demo_checks')\n"
             "from demo_checks import check_double",
         ),
     }
@@ -303,26 +308,28 @@ def test_hidden_tests_of_the_solution_run(rows):
 
 
 @pytest.mark.notebooks
-def test_kernel_sees_only_the_scrubbed_environment(rows, workspace):
-    assert rows["env_probe"]["status"] == "ok"
-    seen = json.loads((workspace / "submissions" / "env-probe.json").read_text(encoding="utf-8"))
-    assert SECRET not in seen
-    assert "hunter2" not in json.dumps(seen)
-    assert {"PATH", "HOME", "TMPDIR", "PYTHONPATH", "LANG"} <= set(seen)
-    # Beyond what the grader passes on, the kernel holds only what jupyter_client and ipykernel
-    # set themselves (JPY_PARENT_PID, MPLBACKEND, PAGER, ...), never a value of the grader's own.
-    allowed = {*KERNEL_ENV_PASSED_ON, "TMPDIR", "PYTHONPATH", "LANG"}
-    leaked = {name for name in seen if name not in allowed and os.environ.get(name) == seen[name]}
-    assert not leaked
-    assert seen["TMPDIR"] != os.environ.get("TMPDIR") and "grade-" in seen["TMPDIR"]
-    assert not os.path.exists(seen["TMPDIR"])  # removed after grading
+def test_kernel_sees_no_secret_of_the_grader(rows):
+    # ENV_PROBE's double is right only when the kernel's environment held no trace of the secret.
+    assert summary(rows["env_probe"]) == ("ok", 2, 2, {"check-double": True, "check-halve": True})
+
+
+def test_kernel_environment_is_only_what_the_grader_passes_on(monkeypatch):
+    monkeypatch.setenv(SECRET, "hunter2")
+    with Sandbox(package_root()) as box:
+        env = box.environment(kernel_env(str(box.tmp)))
+        assert set(env) <= {*KERNEL_ENV_PASSED_ON, "TMPDIR", "PYTHONPATH", "LANG", "HOME"}
+        assert env["HOME"] == str(box.home) and env["TMPDIR"] == str(box.tmp)
+        assert env["PYTHONPATH"] == str(box.lib)
+        assert (box.lib / "course_lib" / "checks").is_dir()
+        assert not (box.lib / "course_lib" / "instructor").exists()
+    assert not box.root.exists()  # the submission's folder goes after grading
 
 
 @pytest.mark.notebooks
 def test_endless_loop_times_out_and_later_checks_still_run(rows):
     row = rows["endless"]
     assert summary(row) == ("timed out", 1, 2, {"check-double": False, "check-halve": True})
-    assert "cell index 1 ran past 2 s" in row["note"]
+    assert "check check-double ran past 2 s" in row["note"]
     assert row["seconds"] < 20
 
 
@@ -352,7 +359,7 @@ def test_edited_check_runs_the_reference_source_and_is_modified(rows):
 def test_kernel_killed_by_the_notebook_is_crashed(rows):
     row = rows["kills_kernel"]
     assert summary(row) == ("crashed", 0, 2, {"check-double": False, "check-halve": False})
-    assert "kernel died while running cell index 1" in row["note"]
+    assert "kernel died while running answer ex-double" in row["note"]
 
 
 @pytest.mark.notebooks

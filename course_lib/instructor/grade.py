@@ -4,23 +4,55 @@
     python -m course_lib.instructor.grade submissions/ --csv gradebook.csv --timeout 30
     python -m course_lib.instructor.grade alice.ipynb --reference path/to/exercises
 
-Each submission runs top to bottom in a fresh kernel, errors allowed, so every cell runs. A check
-passes when its cell ran and produced no error, and earns its points (`"exercise": {"points": 2}`
-in the check cell's metadata; 1 when absent). The checks expected are those of the reference
-exercise notebook (`exercises/` in the repository by default), matched by the ids that
-`course_lib.instructor.make_exercises` keeps in cell metadata (`"exercise": {"id": ...}`).
-
-The reference for a submission is found by, in order: the `exercise.generated_from` entry of the
-submission's metadata, the file name, and the longest reference name the file name starts with
-(so `01_loop-alice.ipynb` finds `01_loop.ipynb`).
+What runs is not the learner's notebook as they left it: the grader builds the notebook it runs
+from the reference exercise (`build_graded_notebook`), runs it in a fresh kernel inside a sandbox
+(`course_lib.instructor.sandbox`), errors allowed so every cell runs, and a check passes when its
+cell ran and produced no error and the integrity guard saw nothing change. It earns its points
+(`"exercise": {"points": 2}` in the check cell's metadata; 1 when absent). The checks expected are
+those of the reference exercise notebook (`exercises/` in the repository by default), matched by
+the ids that `course_lib.instructor.make_exercises` keeps in cell metadata (`"exercise": {"id":
+...}`).
 
 Decisions, and why:
 
 - Kernel: always ipykernel on the interpreter running the grader, whatever kernelspec the
   submission names or the machine has installed. A learner's notebook may name a kernel that
-  exists only on their laptop; the grade must come from the course's own environment. The
-  repository root goes on the kernel's PYTHONPATH, so `course_lib` imports wherever the
-  submission sits; the kernel's working folder is the submission's folder.
+  exists only on their laptop; the grade must come from the course's own environment.
+- Sandbox: each kernel runs under bubblewrap in a throw-away folder holding a read-only copy of
+  `course_lib` (without `course_lib.instructor`), its working folder, HOME and TMPDIR; the
+  repository, `solutions/`, `exercises/`, the other submissions, the gradebook, the grader's
+  processes and the network are out of its reach, its memory, processes and time are limited,
+  and every process it started ends with it (see that module). The kernel talks to the grader
+  over jupyter's `ipc` transport (unix sockets in that folder). Without bwrap, `grade()` raises
+  SandboxUnavailable and the command line stops with how to install it, unless `--no-sandbox`
+  (`sandbox=False`): the same throw-away folder, no box, and a warning.
+- Verdicts the learner's process cannot forge by a statement: the notebook that runs holds the
+  reference's own set-up cells (never the learner's copies); then, for each answer cell (a cell
+  with an `exercise` id that is not a check), the learner's cell of that id reduced to its
+  definitions (`answer_definitions`: top-level imports, `def`, `async def`, `class` and
+  assignments to plain names; every other statement, magic and shell line dropped); then the
+  reference's check cells. Learner cells added elsewhere never run: answers live in the answer
+  cells. So an input transformer installed by a statement, a check name rebound by a cell, an
+  edited check cell and a patch made by a top-level statement have nothing to act on.
+- Integrity guard, for patches made from what does run (a default argument, a decorator, a
+  class body, an assignment's right-hand side, or the learner's code while a check calls it):
+  just before the answers load, the kernel records what every attribute of builtins, `math`,
+  `random`, `os`, NumPy, the `torch` modules checks use, the rest of `course_lib`, a few patchable
+  classes (`torch.Tensor`, `nn.Module`, the optimizers, `DataLoader`, ...), `sys`'s hooks
+  (trace, profile, meta_path, excepthook, ...) and IPython's transformers, event callbacks and
+  execution methods refers to (`_kernel_guard.py`). After every cell, the grader asks it, as a
+  `user_expressions` entry of the execute request, which IPython evaluates after the cell with no
+  input or AST transformer in the way, whether anything changed. The first change (or a guard that
+  does not answer) fails the check it follows and every later one, and marks the row "tampered"
+  naming what changed. Wrappers torch puts around its own functions on first use are allowed
+  when their code is torch's and their `__wrapped__` is the original. The answers' source is also
+  scanned (`suspicious_constructs`) for what no honest answer needs (`get_ipython`,
+  `sys.modules`, `setattr`, `ctypes`, `__code__`, `/proc`, `solutions`, ...): named in the row's
+  note for the instructor, never failed on by itself.
+- Not defended: code that subverts the interpreter while a check calls it and restores every
+  watched name before the check ends (walking frames to rewrite the check's own locals, say), or
+  that finds the guard in memory and forges its answer. It runs in the learner's own sandboxed
+  kernel, so its damage stays in its own row.
 - Integrity: a check cell whose source differs from the reference (whitespace aside) is run with
   the reference source, so an edited check cannot earn a pass, and the row is marked "modified"
   naming the id. Deleted, duplicated or reordered check cells, and a solution cell moved below
@@ -36,32 +68,36 @@ Decisions, and why:
   nothing by it. Not defended: patching what the checks themselves use (torch, numpy, the rest of
   `course_lib`, builtins, the import system). A determined cheat can still win; an honest
   mistake or a casual shortcut cannot.
-- Environment: the kernel sees only PATH, HOME, LANG=C.UTF-8, a temporary folder of its own as
-  TMPDIR, the repository root as PYTHONPATH, and the thread-count variables when the grader has
-  them, never the rest of the grader's environment (tokens, keys, passwords).
+- Environment: the kernel sees only PATH, LANG=C.UTF-8, its own HOME, TMPDIR and PYTHONPATH (the
+  copy of course_lib) in the throw-away folder, and the thread-count variables when the grader
+  has them, never the rest of the grader's environment (tokens, keys, passwords).
 - Timeouts: a cell that runs past the limit is interrupted and counts as failed, the row is
   marked "timed out", and the rest of the notebook still runs, so one endless loop costs one
   exercise, not all the later ones. If the next cell times out too (the kernel ignored the
-  interrupt), grading of that notebook stops there.
+  interrupt), grading of that notebook stops there. The whole notebook may take the limit for
+  each answer and check cell plus a minute; past that the sandbox is killed.
 - The grader never stops on a bad submission: every problem becomes the status and note of that
-  notebook's row. Statuses, most serious first: "not a notebook", "crashed", "timed out",
-  "modified", "ok".
+  notebook's row. Statuses, most serious first: "not a notebook", "crashed", "tampered",
+  "timed out", "modified", "ok". A check whose cell the learner deleted still counts as failed.
 
-Exit status: 0 when every notebook was graded (whatever the grades), 2 on a usage error.
+Exit status: 0 when every notebook was graded (whatever the grades), 2 on a usage error, 3 when
+no sandbox can be made (nothing graded).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
+import contextlib
 import csv
 import logging
 import os
 import re
+import secrets
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,7 +106,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from traitlets import default
+from nbformat.v4 import new_code_cell, new_notebook
+from traitlets import Any as AnyTrait, Float, default
 
 from course_lib.instructor.make_exercises import (
     check_points,
@@ -79,23 +116,55 @@ from course_lib.instructor.make_exercises import (
     package_root,
     strip_hidden_tests,
 )
+from course_lib.instructor.sandbox import Sandbox, SandboxUnavailable, probe
 
-STATUS_ORDER = ("not a notebook", "crashed", "timed out", "modified", "ok")
+STATUS_ORDER = ("not a notebook", "crashed", "tampered", "timed out", "modified", "ok")
 _TIMEOUT_ENAME = "GraderTimeout"
 CHECKS_PACKAGE = "course_lib.checks"
 _CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")
 
 
 class _CurrentPythonKernelManager(AsyncKernelManager):
-    """Starts ipykernel on this interpreter, ignoring installed kernelspecs.
+    """Starts ipykernel on this interpreter, ignoring installed kernelspecs, inside `sandbox`.
 
     With no kernelspec folders to search, jupyter_client falls back to ipykernel's built-in
-    spec, which runs `sys.executable -m ipykernel_launcher`.
+    spec, which runs `sys.executable -m ipykernel_launcher`; `format_kernel_cmd` wraps that
+    command in the sandbox's. A timer kills the whole box when the notebook runs past `wall_s`.
     """
+
+    sandbox = AnyTrait(None, allow_none=True)
+    wall_s = Float(0.0)
 
     @default("kernel_spec_manager")
     def _no_installed_kernelspecs(self) -> KernelSpecManager:
         return KernelSpecManager(kernel_dirs=[])
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        command = super().format_kernel_cmd(extra_arguments)
+        return self.sandbox.wrap(command) if self.sandbox is not None else command
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        process = getattr(self.provisioner, "process", None)
+        self.wall_clock_expired = False
+        if process is not None and self.wall_s > 0:
+
+            def expire() -> None:
+                self.wall_clock_expired = True
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        process.kill()
+
+            self._wall_timer = threading.Timer(self.wall_s, expire)
+            self._wall_timer.daemon = True
+            self._wall_timer.start()
+
+    def stop_wall_clock(self) -> None:
+        timer = getattr(self, "_wall_timer", None)
+        if timer is not None:
+            timer.cancel()
 
 
 class _GiveUp(Exception):
@@ -289,6 +358,168 @@ def find_modifications(
     return list(dict.fromkeys(problems))
 
 
+# --- what runs: the reference's cells around the learner's definitions ------------------------
+
+_KEPT_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _plain_target(target: ast.expr) -> bool:
+    """A plain name, or a tuple or list of them (`a, b = 1, 2`)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return all(_plain_target(element) for element in target.elts)
+    return isinstance(target, ast.Name)
+
+
+def _is_plain_assignment(node: ast.stmt) -> bool:
+    if isinstance(node, ast.Assign):
+        return all(_plain_target(target) for target in node.targets)
+    return isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+
+
+def answer_definitions(source: str) -> tuple[str, list[str]]:
+    """The learner's answer cell reduced to its definitions, and notes on what was dropped.
+
+    Kept, at the top level only: imports, `def`, `async def`, `class` and assignments to plain
+    names (or tuples of them). Dropped: every other statement (calls, prints, loops, attribute or item assignments,
+    a top-level `raise`), and IPython's magics and shell lines (`%...`, `!...`).
+    """
+    lines = source.splitlines()
+    if lines and lines[0].lstrip().startswith("%%"):
+        return "", ["a cell magic"]
+    dropped_magic = any(line.lstrip().startswith(("%", "!")) for line in lines
+                        if line[:1] in ("%", "!"))
+    plain = "\n".join("" if line[:1] in ("%", "!") else line for line in lines)
+    try:
+        tree = ast.parse(plain)
+    except SyntaxError as error:
+        return "", [f"does not parse (line {error.lineno}): {error.msg}"]
+    kept = [node for node in tree.body
+            if isinstance(node, _KEPT_STATEMENTS) or _is_plain_assignment(node)]
+    notes = ["magics" if dropped_magic else ""]
+    if len(kept) < len(tree.body):
+        notes.append(f"{len(tree.body) - len(kept)} statement(s) not definitions")
+    return "\n\n".join(ast.get_source_segment(plain, node, padded=True) or ast.unparse(node)
+                       for node in kept), [note for note in notes if note]
+
+
+# What no honest answer needs; flagged in the row's note for the instructor, never failed on.
+_SUSPICIOUS_NAMES = {
+    "get_ipython": "get_ipython", "input_transformers_post": "input transformers",
+    "input_transformers_cleanup": "input transformers", "ast_transformers": "AST transformers",
+    "__code__": "__code__", "ctypes": "ctypes", "get_referrers": "gc.get_referrers",
+    "_getframe": "sys._getframe", "currentframe": "inspect.currentframe",
+    "builtins": "builtins", "__builtins__": "builtins", "settrace": "sys.settrace",
+    "setprofile": "sys.setprofile", "meta_path": "sys.meta_path", "kill": "os.kill",
+    "killpg": "os.kill", "environ": "os.environ", "__file__": "__file__",
+    "__globals__": "__globals__", "events": "IPython events",
+}
+
+
+def suspicious_constructs(source: str) -> list[str]:
+    """Names in the learner's answer source that an honest answer does not need."""
+    plain = "\n".join("" if line[:1] in ("%", "!") else line for line in source.splitlines())
+    try:
+        tree = ast.parse(plain)
+    except SyntaxError:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        name = None
+        if isinstance(node, ast.Name):
+            name = node.id
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+            value = node.value
+            if node.attr == "modules" and isinstance(value, ast.Name) and value.id == "sys":
+                found.append("sys.modules")
+        elif isinstance(node, ast.alias):
+            name = node.name.split(".")[0]
+            if node.name in ("subprocess", "ctypes", "gc", "inspect", "builtins"):
+                found.append(node.name)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
+                node.func.id in ("setattr", "delattr", "exec", "eval", "compile", "__import__")):
+            found.append(node.func.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                "solutions" in node.value or "/proc" in node.value):
+            found.append(repr(node.value)[:40])
+        if name in _SUSPICIOUS_NAMES:
+            found.append(_SUSPICIOUS_NAMES[name])
+    return list(dict.fromkeys(found))
+
+
+_GUARD_SOURCE = Path(__file__).with_name("_kernel_guard.py")
+
+
+def _guard_cell(key: str) -> str:
+    source = _GUARD_SOURCE.read_text(encoding="utf-8")
+    return (
+        "def _grader_install_guard():\n"
+        "    import sys, types\n"
+        f"    module = types.ModuleType({key!r})\n"
+        f"    sys.modules[{key!r}] = module\n"
+        f"    exec(compile({source!r}, {key!r}, 'exec'), module.__dict__)\n"
+        "_grader_install_guard()\n"
+        "del _grader_install_guard"
+    )
+
+
+def build_graded_notebook(
+    submission: nbformat.NotebookNode,
+    reference: nbformat.NotebookNode,
+    to_run: dict[str, str],
+    guard_key: str,
+) -> tuple[nbformat.NotebookNode, list[tuple[str, str]], list[str]]:
+    """The notebook the grader runs, each cell's role, and notes on the learner's answers.
+
+    Built from the reference, in its order: its set-up cells (code cells with no exercise id) as
+    they are; the guard, just before the first answer; each answer cell as the learner's cell of
+    that id reduced to definitions (`answer_definitions`); each check cell as the reference
+    source (hidden tests included) with its check names freshly imported; a last empty cell
+    whose only job is to carry the guard's last verdict. Roles: ("setup" | "guard" | "answer" |
+    "check" | "final", exercise id or "").
+    """
+    expected = expected_checks(reference)
+    imports = check_imports(reference)
+    learner: dict[str, str] = {}
+    for cell in submission.cells:
+        ident = exercise_id(cell)
+        if cell.cell_type == "code" and ident and ident not in expected:
+            learner.setdefault(ident, cell.source if isinstance(cell.source, str) else "")
+    cells, roles, notes = [], [], []
+    flagged: list[str] = []
+    guarded = False
+    for cell in reference.cells:
+        if cell.cell_type != "code":
+            continue
+        ident = exercise_id(cell)
+        if not ident:
+            cells.append(new_code_cell(cell.source))
+            roles.append(("setup", ""))
+        elif ident in expected:
+            cells.append(new_code_cell(with_fresh_checks(to_run.get(ident, cell.source), imports)))
+            roles.append(("check", ident))
+        else:
+            if not guarded:
+                cells.append(new_code_cell(_guard_cell(guard_key)))
+                roles.append(("guard", ""))
+                guarded = True
+            if ident not in learner:
+                notes.append(f"answer {ident} missing")
+            source, dropped = answer_definitions(learner.get(ident, ""))
+            notes += [f"answer {ident}: {note}" for note in dropped if "parse" in note]
+            flagged += suspicious_constructs(learner.get(ident, ""))
+            cells.append(new_code_cell(source))
+            roles.append(("answer", ident))
+    if not guarded:
+        cells.insert(0, new_code_cell(_guard_cell(guard_key)))
+        roles.insert(0, ("guard", ""))
+    cells.append(new_code_cell("pass"))
+    roles.append(("final", ""))
+    if flagged:
+        notes.append("for the instructor: the answers use " + ", ".join(dict.fromkeys(flagged)))
+    return new_notebook(cells=cells, metadata=reference.metadata), roles, notes
+
+
 # --- running one notebook ------------------------------------------------------------------------
 
 
@@ -304,7 +535,8 @@ KERNEL_ENV_PASSED_ON = (
 
 
 def kernel_env(temp_dir: str) -> dict[str, str]:
-    """The whole environment a submission's kernel gets."""
+    """The whole environment a submission's kernel gets (the sandbox then points HOME, TMPDIR and
+    PYTHONPATH into the submission's own folder)."""
     env = {name: os.environ[name] for name in KERNEL_ENV_PASSED_ON if name in os.environ}
     env["TMPDIR"] = temp_dir  # tempfile and torch write here, and it is removed after grading
     env["PYTHONPATH"] = str(package_root())  # course_lib from this checkout, wherever the file is
@@ -320,13 +552,47 @@ def _quiet_logger() -> logging.Logger:
     return logger
 
 
+def _guard_verdict(reply_content: dict, key: str) -> str | None:
+    """The guard's answer after a cell: "" (nothing changed), the names changed, or None when the
+    cell failed (IPython evaluates user expressions only after a cell that succeeded)."""
+    if reply_content.get("status") != "ok":
+        return None
+    found = (reply_content.get("user_expressions") or {}).get(key)
+    if not isinstance(found, dict) or found.get("status") != "ok":
+        return "the guard did not answer"
+    try:
+        value = ast.literal_eval(found.get("data", {}).get("text/plain", ""))
+    except (ValueError, SyntaxError):
+        return "the guard's answer was forged"
+    return value if isinstance(value, str) else "the guard's answer was forged"
+
+
 def _run(
-    notebook: nbformat.NotebookNode, cwd: Path, timeout: float
-) -> tuple[dict[int, bool], list[str], str | None]:
-    """Run every cell. Returns (cell index -> ran cleanly, timeout notes, crash reason or None)."""
+    notebook: nbformat.NotebookNode,
+    labels: list[str],
+    box: Sandbox,
+    timeout: float,
+    guard_key: str,
+    guard_from: int,
+    wall_s: float,
+) -> tuple[dict[int, bool], dict[int, str | None], list[str], str | None]:
+    """Run every cell in `box`. Returns (cell index -> ran cleanly, cell index -> guard verdict,
+    timeout notes, crash reason or None). `labels` names each cell in notes."""
     results: dict[int, bool] = {}
+    verdicts: dict[int, str | None] = {}
     timeouts: list[str] = []
     state = {"running": None, "last_timed_out": False}
+    expression = {guard_key: f"__import__('sys').modules[{guard_key!r}].verdict()"}
+
+    def on_notebook_start(notebook):
+        execute = client.kc.execute
+
+        def execute_with_guard(code, **kwargs):
+            if state["running"] is not None and state["running"] >= guard_from:
+                kwargs["user_expressions"] = expression
+            return execute(code, **kwargs)
+
+        client.kc.execute = execute_with_guard
 
     def on_cell_execute(cell, cell_index):
         state["running"] = cell_index
@@ -338,14 +604,22 @@ def _run(
             output.get("output_type") == "error" for output in cell.get("outputs", [])
         )
         results[cell_index] = clean and not timed_out
+        if cell_index >= guard_from and not timed_out:
+            verdicts[cell_index] = _guard_verdict(content, guard_key)
         if timed_out:
-            timeouts.append(f"cell index {cell_index} ran past {timeout:g} s and was interrupted")
+            timeouts.append(f"{labels[cell_index]} ran past {timeout:g} s and was interrupted")
             if state["last_timed_out"]:
                 raise _GiveUp(cell_index)
         state["last_timed_out"] = timed_out
 
+    manager = _CurrentPythonKernelManager(
+        kernel_name="python3", sandbox=box if box.enabled else None, wall_s=wall_s,
+        transport="ipc", ip=str(box.ipc / "kernel"),
+        connection_file=str(box.ipc / "kernel.json"),
+    )
     client = NotebookClient(
         notebook,
+        km=manager,
         timeout=timeout,
         allow_errors=True,
         interrupt_on_timeout=True,
@@ -356,8 +630,8 @@ def _run(
         record_timing=False,
         shutdown_kernel="immediate",  # nothing in the kernel is worth a graceful goodbye
         kernel_name="python3",
-        kernel_manager_class=_CurrentPythonKernelManager,
-        resources={"metadata": {"path": str(cwd)}},
+        resources={"metadata": {"path": str(box.work)}},
+        on_notebook_start=on_notebook_start,
         on_cell_execute=on_cell_execute,
         on_cell_executed=on_cell_executed,
         log=_quiet_logger(),
@@ -366,32 +640,44 @@ def _run(
     try:
         # The kernel process's own stdout/stderr carry only start-up chatter; a notebook's prints
         # and errors travel over the kernel protocol and land in the cell outputs.
-        with tempfile.TemporaryDirectory(prefix="grade-") as temp_dir:
-            client.execute(
-                env=kernel_env(temp_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+        client.execute(
+            env=box.environment(kernel_env(str(box.tmp))),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
     except _GiveUp as stopped:
         timeouts.append(
-            f"kernel still busy after interrupting cell index {stopped.args[0]}; rest not run"
+            f"kernel still busy after interrupting {labels[stopped.args[0]]}; rest not run"
         )
     except DeadKernelError:
-        crash = f"the kernel died while running cell index {state['running']}"
+        running = state["running"]
+        if getattr(manager, "wall_clock_expired", False):
+            timeouts.append(f"the notebook ran past its {wall_s:g} s in all and was stopped")
+        else:
+            where = labels[running] if running is not None else "start-up"
+            crash = f"the kernel died while running {where}"
     except CellTimeoutError as error:  # only the startup or an unanswered request can get here
         timeouts.append(f"no answer from the kernel: {error}".splitlines()[0])
+    except SandboxUnavailable:
+        raise
     except Exception as error:  # noqa: BLE001 - whatever goes wrong, the row says so
         crash = f"could not run it: {type(error).__name__}: {error}".splitlines()[0]
-    return results, timeouts, crash
+    finally:
+        manager.stop_wall_clock()
+    return results, verdicts, timeouts, crash
 
 
-def grade_notebook(path, reference=None, timeout: float = 60) -> dict:
+def grade_notebook(path, reference=None, timeout: float = 60, sandbox: bool = True) -> dict:
     """Grade one submission. `reference` is a reference folder or notebook (default: exercises/).
 
+    `sandbox=False` runs the kernel without the bubblewrap box (see the module docstring).
     Returns a plain dict: notebook, status, passed, total, checks (id -> bool, reference order),
     points (earned), max_points, check_points (id -> what it is worth), note (why the status,
     and which checks failed), reference (path or None), seconds.
     """
     try:
-        return _grade_notebook(Path(path), reference, timeout)
+        return _grade_notebook(Path(path), reference, timeout, sandbox)
+    except SandboxUnavailable:
+        raise
     except Exception as error:  # noqa: BLE001 - a submission odd enough to trip the grader itself
         return {
             "notebook": str(path),
@@ -408,7 +694,7 @@ def grade_notebook(path, reference=None, timeout: float = 60) -> dict:
         }
 
 
-def _grade_notebook(path: Path, reference, timeout: float) -> dict:
+def _grade_notebook(path: Path, reference, timeout: float, sandbox: bool = True) -> dict:
     started = time.monotonic()
     row = {
         "notebook": str(path),
@@ -475,34 +761,58 @@ def _grade_notebook(path: Path, reference, timeout: float) -> dict:
         statuses.add("modified")
         notes.extend(modifications)
 
-    runnable = copy.deepcopy(submission)
-    imports = check_imports(reference_nb)
-    for cell in runnable.cells:
-        if exercise_id(cell) in expected and cell.cell_type == "code":
-            # Run the reference check, never an edited one, with check functions freshly imported.
-            cell.source = with_fresh_checks(to_run[exercise_id(cell)], imports)
-
-    results, timeouts, crash = _run(runnable, path.resolve().parent, timeout)
+    guard_key = "_grader_guard_" + secrets.token_hex(8)
+    runnable, roles, answer_notes = build_graded_notebook(
+        submission, reference_nb, to_run, guard_key
+    )
+    notes.extend(answer_notes)
+    labels = [f"{kind} {ident}".strip() if kind != "setup" else f"set-up cell {index}"
+              for index, (kind, ident) in enumerate(roles)]
+    guard_from = next(index for index, (kind, _) in enumerate(roles) if kind == "guard")
+    # The whole notebook may take the per-cell limit for each cell the learner's code runs in.
+    wall_s = timeout * (1 + sum(kind in ("answer", "check") for kind, _ in roles)) + 60
+    with Sandbox(package_root(), enabled=sandbox) as box:
+        results, verdicts, timeouts, crash = _run(
+            runnable, labels, box, timeout, guard_key, guard_from, wall_s
+        )
     if timeouts:
         statuses.add("timed out")
         notes.extend(timeouts)
     if crash:
         statuses.add("crashed")
         notes.append(crash)
-    for ident in expected:  # a duplicated check passes only if every copy passes
-        indices = [
-            index for index, cell in enumerate(runnable.cells)
-            if exercise_id(cell) == ident and cell.cell_type == "code"
-        ]
-        row["checks"][ident] = bool(indices) and all(results.get(index, False) for index in indices)
+    tampered_at = next(
+        (index for index in sorted(verdicts) if verdicts[index]), None
+    )
+    if tampered_at is not None:
+        statuses.add("tampered")
+        notes.append(f"tampered: {verdicts[tampered_at]} changed (seen after "
+                     f"{labels[tampered_at]}); that check and every later one fail")
+    present = {exercise_id(cell) for cell in submission.cells}
+    for index, (kind, ident) in enumerate(roles):
+        if kind != "check":
+            continue
+        untouched = tampered_at is None or index < tampered_at
+        # A check the learner deleted counts as failed, as it always has.
+        row["checks"][ident] = results.get(index, False) and untouched and ident in present
     return finish()
 
 
-def grade(paths, reference=None, timeout: float = 60, progress=None) -> list[dict]:
-    """Grade each submission in turn (folders are searched for notebooks). One dict per notebook."""
+def grade(
+    paths, reference=None, timeout: float = 60, progress=None, sandbox: bool = True
+) -> list[dict]:
+    """Grade each submission in turn (folders are searched for notebooks). One dict per notebook.
+
+    Raises SandboxUnavailable, before grading anything, when `sandbox` is on and bubblewrap
+    cannot make a sandbox on this machine.
+    """
+    if sandbox:
+        reason = probe()
+        if reason:
+            raise SandboxUnavailable(reason)
     rows = []
     for path in expand_paths(paths):
-        row = grade_notebook(path, reference=reference, timeout=timeout)
+        row = grade_notebook(path, reference=reference, timeout=timeout, sandbox=sandbox)
         if progress:
             progress(row)
         rows.append(row)
@@ -602,6 +912,10 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", type=Path, default=default_reference_dir(), metavar="DIR",
         help="folder of reference exercise notebooks, or one notebook (default: %(default)s)",
     )
+    parser.add_argument(
+        "--no-sandbox", action="store_true",
+        help="run learner code without the bubblewrap sandbox (only for notebooks you trust)",
+    )
     args = parser.parse_args(argv)
     if args.timeout <= 0:
         parser.error("--timeout must be a positive number of seconds")
@@ -614,7 +928,15 @@ def main(argv: list[str] | None = None) -> int:
     def progress(row: dict) -> None:
         print(f"graded {row['notebook']}: {row['status']} ({row['seconds']:g} s)", file=sys.stderr)
 
-    rows = grade(paths, reference=args.reference, timeout=args.timeout, progress=progress)
+    if args.no_sandbox:
+        print("WARNING: --no-sandbox: learner code runs with your rights, and can read and write "
+              "your files, the other submissions and the gradebook", file=sys.stderr)
+    try:
+        rows = grade(paths, reference=args.reference, timeout=args.timeout, progress=progress,
+                     sandbox=not args.no_sandbox)
+    except SandboxUnavailable as error:
+        print(f"cannot grade: {error}", file=sys.stderr)
+        return 3
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
