@@ -669,8 +669,8 @@ def test_rows_carry_each_failed_checks_message(rows):
     assert rows["deleted"]["messages"] == {"check-halve": "check cell deleted"}
     assert rows["edited"]["messages"] == {
         "check-double": "NotImplementedError: return twice x"}
-    assert rows["rebound"]["messages"] == {
-        "check-double": "CheckFailure: double(3) is wrong; expected 6; got 5. Hint: multiply by two"}
+    assert rows["rebound"]["messages"] == {"check-double": (
+        "CheckFailure: double(3) is wrong; expected 6; got 5. Hint: multiply by two")}
     assert set(rows["kills_kernel"]["messages"]) == {"check-double", "check-halve"}
     assert rows["not_json"]["messages"] == {}
     assert rows["passing"]["student"] == "passing"
@@ -703,3 +703,15 @@ def test_every_check_the_real_notebooks_call_is_imported_by_name():
             assert called, f"{path.name}: check cell {ident} calls no check_* function"
             assert called <= set(imports), f"{path.name}: {ident} calls {called - set(imports)}"
             assert all(imports[name][0].startswith("course_lib.checks.") for name in called)
+
+
+def test_feedback_files_stay_inside_the_folder(tmp_path):
+    row = {"notebook": "sub/01_demo-x.ipynb", "student": "../../etc", "status": "not a notebook",
+           "passed": 0, "total": 1, "points": 0, "max_points": 1, "checks": {"c": False},
+           "check_points": {"c": 1}, "note": "JSONDecodeError", "messages": {}, "feedback": None}
+    nameless = {**row, "student": "", "notebook": "01_demo.ipynb"}
+    written = write_feedback([row, nameless], tmp_path / "out")
+    assert [path.relative_to(tmp_path / "out").as_posix() for path in written] == [
+        "_.._etc/01_demo-x.ipynb", "01_demo/01_demo.ipynb"]
+    summary = nbformat.read(written[0], as_version=4).cells[0].source
+    assert "**Grade: 0/1 points**" in summary and "- ✗ `c`: 0/1: failed" in summary
