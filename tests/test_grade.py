@@ -18,14 +18,22 @@ from course_lib.instructor.grade import (
     kernel_env,
     check_imports,
     find_modifications,
+    POINTS_POSSIBLE,
+    _expand_with_folders,
+    check_messages,
+    feedback_notebook,
     find_reference,
     format_table,
     grade,
     grade_notebook,
+    guard_hidden_tests,
     main,
+    one_line,
     sources_to_run,
+    student_name,
     with_fresh_checks,
     write_csv,
+    write_feedback,
 )
 from course_lib.instructor.make_exercises import make_exercise, package_root
 from course_lib.instructor.sandbox import Sandbox
@@ -57,12 +65,15 @@ DOUBLE = "def double(x):\n    return 2 * x"
 HALVE = "def halve(x):\n    return x / 2"
 # Passes the visible check (8 // 2 == 4) but not the hidden one (3 // 2 != 1.5).
 FLOOR_HALVE = "def halve(x):\n    return x // 2"
+# It prints when it passes, as checks do: that line must not reach the learner either.
 HIDDEN_HALVE = """\
 ### BEGIN HIDDEN TESTS
 got = halve(3)
 if got != 1.5:
     raise CheckFailure(f"halve(3): expected 1.5, got {got}")
+passed("halve(3) == 1.5")
 ### END HIDDEN TESTS"""
+HIDDEN_WORDS = ("halve(3)", "1.5", "HIDDEN", "<hidden tests>")
 SECRET = "GRADER_TEST_SECRET_TOKEN"
 # Doubles right only when the kernel's environment holds none of the grader's secret, so the
 # check's verdict reports what the kernel saw (an answer cell runs only its definitions).
@@ -415,28 +426,139 @@ def test_duplicated_check_is_a_modification():
     assert "check check-double duplicated" in find_modifications(learner, reference_exercise())
 
 
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def assert_rows_add_up(lines):
+    """Every row's passed/total/points/max_points agree with its per-check columns."""
+    header = lines[0]
+    checks = header[7:-2]
+    possible = dict(zip(checks, map(int, lines[1][7:-2])))
+    assert lines[1][:7] == [POINTS_POSSIBLE, "", "", str(len(checks)), str(len(checks)),
+                            str(sum(possible.values())), str(sum(possible.values()))]
+    for line in lines[2:]:
+        marks = {ident: int(mark) for ident, mark in zip(checks, line[7:-2]) if mark != ""}
+        assert int(line[5]) == sum(marks.values()), line
+        assert int(line[6]) == sum(possible[ident] for ident in marks), line
+        assert int(line[4]) == len(marks), line
+        assert int(line[3]) >= sum(1 for ident, mark in marks.items() if mark), line
+
+
 def test_table_and_csv_from_rows(tmp_path):
     worth = {"c1": 1, "c2": 3}
     rows = [
-        {"notebook": "a.ipynb", "status": "ok", "passed": 2, "total": 2, "points": 4,
-         "max_points": 4, "checks": {"c1": True, "c2": True}, "check_points": worth, "note": ""},
-        {"notebook": "bob/a.ipynb", "status": "modified", "passed": 1, "total": 2, "points": 1,
-         "max_points": 4, "checks": {"c1": True, "c2": False}, "check_points": worth,
-         "note": "check c2 deleted"},
+        {"notebook": "a.ipynb", "student": "a", "status": "ok", "passed": 2, "total": 2,
+         "points": 4, "max_points": 4, "checks": {"c1": True, "c2": True},
+         "check_points": worth, "note": "", "messages": {}},
+        {"notebook": "bob/a.ipynb", "student": "bob", "status": "modified", "passed": 0,
+         "total": 2, "points": 0, "max_points": 4, "checks": {"c1": False, "c2": False},
+         "check_points": worth, "note": "check c2 deleted",
+         "messages": {"c1": "CheckFailure: f(1): expected 2, got 3", "c2": "check cell deleted"}},
     ]
     table = format_table(rows).splitlines()
-    assert table[0].split() == ["notebook", "status", "passed", "points", "note"]
-    assert table[-1].split()[:5] == ["TOTAL", "1/2", "ok", "3/4", "5/8"]
+    assert table[0].split() == ["student", "notebook", "status", "passed", "points", "note"]
+    assert table[-1].split()[:5] == ["TOTAL", "1/2", "ok", "2/4", "4/8"]
     assert table[1].index("ok") == table[2].index("modified")  # columns line up
-    assert table[1].index("4/4") == table[2].index("1/4")
+    assert table[1].index("4/4") == table[2].index("0/4")
     write_csv(rows, tmp_path / "grades.csv")
-    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as handle:
-        assert list(csv.reader(handle)) == [
-            ["notebook", "status", "passed", "total", "points", "max_points", "c1", "c2"],
-            ["(points possible)", "", "", "2", "", "4", "1", "3"],
-            ["a.ipynb", "ok", "2", "2", "4", "4", "1", "3"],
-            ["bob/a.ipynb", "modified", "1", "2", "1", "4", "1", "0"],
-        ]
+    lines = read_csv(tmp_path / "grades.csv")
+    assert lines == [
+        ["student", "notebook", "status", "passed", "total", "points", "max_points", "c1", "c2",
+         "messages", "note"],
+        [POINTS_POSSIBLE, "", "", "2", "2", "4", "4", "1", "3", "", ""],
+        ["a", "a.ipynb", "ok", "2", "2", "4", "4", "1", "3", "", ""],
+        ["bob", "bob/a.ipynb", "modified", "0", "2", "0", "4", "0", "0",
+         "c1: CheckFailure: f(1): expected 2, got 3\nc2: check cell deleted", "check c2 deleted"],
+    ]
+    assert_rows_add_up(lines)
+
+
+def test_points_possible_row_adds_up_across_exercises(tmp_path):
+    """Two exercises in one gradebook: each row fills only its own checks' columns."""
+    rows = [
+        {"notebook": "01.ipynb", "student": "ann", "status": "ok", "passed": 1, "total": 2,
+         "points": 2, "max_points": 3, "checks": {"a": False, "b": True},
+         "check_points": {"a": 1, "b": 2}, "note": "failed: a", "messages": {"a": "boom"}},
+        {"notebook": "02.ipynb", "student": "ann", "status": "ok", "passed": 1, "total": 1,
+         "points": 0, "max_points": 0, "checks": {"c": True}, "check_points": {"c": 0},
+         "note": "", "messages": {}},
+    ]
+    write_csv(rows, tmp_path / "grades.csv")
+    lines = read_csv(tmp_path / "grades.csv")
+    assert lines[1] == [POINTS_POSSIBLE, "", "", "3", "3", "3", "3", "1", "2", "0", "", ""]
+    assert lines[3][7:10] == ["", "", "0"]  # a check worth nothing, passed
+    assert_rows_add_up(lines)
+
+
+@pytest.mark.parametrize(("relative", "folder", "expected"), [
+    ("submissions/alice/02_losses.ipynb", "submissions", "alice"),  # folder given, nested
+    ("submitted/alice/ps1/02_losses.ipynb", "submitted", "alice"),  # nbgrader's layout
+    ("submissions/alice/02_losses-v2.ipynb", "submissions", "alice"),  # the folder comes first
+    ("submissions/02_losses-alice.ipynb", "submissions", "alice"),  # directly in the folder
+    ("submissions/02_losses_bob smith.ipynb", None, "bob smith"),
+    ("submissions/02_losses.carol.ipynb", None, "carol"),
+    ("submissions/alice/02_losses.ipynb", None, "alice"),  # a file named as the exercise
+    ("submissions/dave.ipynb", None, "dave"),  # a name of its own
+    ("submissions/dave.ipynb", "submissions", "dave"),
+    ("02_losses-erin.ipynb", None, "erin"),
+])
+def test_student_name_from_folder_or_file_name(tmp_path, relative, folder, expected):
+    path = tmp_path / relative
+    folder = tmp_path / folder if folder else None
+    assert student_name(path, "exercises/02_losses.ipynb", folder) == expected
+
+
+def test_student_name_needs_no_reference_and_folders_are_found(tmp_path):
+    assert student_name(tmp_path / "x" / "02_losses-alice.ipynb") == "02_losses-alice"
+    for relative in ("alice/ps1/02_losses.ipynb", "02_losses-bob.ipynb"):
+        (tmp_path / "in" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / relative).write_text("{}", encoding="utf-8")
+    found = _expand_with_folders([tmp_path / "in", tmp_path / "in" / "02_losses-bob.ipynb"])
+    names = [student_name(path, "02_losses.ipynb", folder) for path, folder in found]
+    assert names == ["bob", "alice", "bob"]
+
+
+def test_messages_are_one_line_without_colour_and_hidden_failures_say_nothing_more():
+    assert one_line("\x1b[31m✗ CheckFailure: a\n  b\x1b[0m") == "✗ CheckFailure: a b"
+    assert len(one_line("x" * 1000)) == 300
+
+    def executed_check(ident, *outputs):
+        cell = new_code_cell("check()", metadata={"exercise": {"id": ident}})
+        cell.outputs = [nbformat.v4.new_output("error", traceback=["secret source"], **output)
+                        for output in outputs]
+        return cell
+
+    executed = new_notebook(cells=[
+        executed_check("a", {"ename": "CheckFailure",
+                             "evalue": "\x1b[1mf(2)\x1b[0m: expected 4;\ngot 5. Hint: double"}),
+        executed_check("b", {"ename": "HiddenTestFailure", "evalue": "a hidden test failed"}),
+        executed_check("c", {"ename": "KeyboardInterrupt", "evalue": ""},
+                       {"ename": "GraderTimeout", "evalue": "ran past 2 s"}),
+        executed_check("d"),
+        executed_check("ok"),
+    ])
+    checks = {"a": False, "b": False, "c": False, "d": False, "e": False, "ok": True}
+    assert check_messages(executed, checks) == {
+        "a": "CheckFailure: f(2): expected 4; got 5. Hint: double",
+        "b": "a hidden test failed",
+        "c": "timed out: ran past 2 s",
+        "d": "not run (the kernel stopped before this cell)",
+        "e": "check cell deleted",
+    }
+    visible = {ident: f"check_{ident}(f)" for ident in checks}
+    row = {"points": 0, "max_points": 6, "passed": 1, "total": 6, "status": "ok", "note": "",
+           "checks": checks, "check_points": dict.fromkeys(checks, 1),
+           "messages": check_messages(executed, checks)}
+    feedback = feedback_notebook(executed, visible, row)
+    text = nbformat.writes(feedback)
+    assert "secret source" not in text
+    assert [cell.source for cell in feedback.cells[1:]] == [
+        "check_a(f)", "check_b(f)", "check_c(f)", "check_d(f)", "check_ok(f)"]
+    assert feedback.cells[1].outputs[0].traceback == [
+        "✗ CheckFailure: f(2): expected 4; got 5. Hint: double"]
+    assert "- ✗ `e`: 0/1: check cell deleted" in feedback.cells[0].source
 
 
 def test_solution_sources_with_hidden_tests_are_used_when_in_step(tmp_path):
@@ -449,7 +571,10 @@ def test_solution_sources_with_hidden_tests_are_used_when_in_step(tmp_path):
         "check-double": CHECK_DOUBLE, "check-halve": CHECK_HALVE}, None)  # no solution yet
     nbformat.write(reference_solution(), tmp_path / "solutions" / "01_demo.ipynb")
     sources, note = sources_to_run(reference, exercise_path)
-    assert note is None and sources["check-halve"].endswith(HIDDEN_HALVE)
+    assert note is None and sources["check-halve"] == guard_hidden_tests(
+        CHECK_HALVE + "\n" + HIDDEN_HALVE)
+    assert sources["check-halve"].startswith(CHECK_HALVE + "\ntry:\n")
+    assert "halve(3)" in sources["check-halve"] and "BEGIN HIDDEN" not in sources["check-halve"]
     # The generator writes the same visible check as the reference holds.
     generated = make_exercise(reference_solution(), "solutions/01_demo.ipynb")
     assert [c.source for c in generated.cells if "check" in c.metadata.get("tags", [])] == [
@@ -464,25 +589,98 @@ def test_solution_sources_with_hidden_tests_are_used_when_in_step(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_cli_prints_total_and_writes_csv(workspace, tmp_path, capsys):
+def test_cli_prints_total_and_writes_csv_and_feedback(workspace, tmp_path, capsys):
     folder = workspace / "submissions"
     gradebook = tmp_path / "gradebook.csv"
+    feedback = tmp_path / "feedback"
     code = main([
         str(folder / "01_demo-failing.ipynb"), str(folder / "01_demo-not_json.ipynb"),
+        str(folder / "01_demo-floor.ipynb"),
         "--reference", str(workspace / "exercises"), "--csv", str(gradebook), "--timeout", "30",
+        "--feedback", str(feedback),
     ])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].split()[:5] == ["TOTAL", "1/2", "ok", "1/4", "1/6"]
-    with open(gradebook, newline="", encoding="utf-8") as handle:
-        lines = list(csv.reader(handle))
+    assert out[-1].split()[:5] == ["TOTAL", "2/3", "ok", "2/6", "2/9"]
+    assert out[1].split()[:2] == ["failing", str(folder / "01_demo-failing.ipynb")]
+    lines = read_csv(gradebook)
     assert lines[0] == [
-        "notebook", "status", "passed", "total", "points", "max_points", "check-double",
-        "check-halve",
+        "student", "notebook", "status", "passed", "total", "points", "max_points",
+        "check-double", "check-halve", "messages", "note",
     ]
-    assert lines[1][3:] == ["2", "", "3", "1", "2"]
-    assert lines[2][1:] == ["ok", "1", "2", "1", "3", "1", "0"]
-    assert lines[3][1:] == ["not a notebook", "0", "2", "0", "3", "0", "0"]
+    assert lines[1] == [POINTS_POSSIBLE, "", "", "2", "2", "3", "3", "1", "2", "", ""]
+    assert lines[2] == [
+        "failing", str(folder / "01_demo-failing.ipynb"), "ok", "1", "2", "1", "3", "1", "0",
+        "check-halve: CheckFailure: halve(8): expected 4, got 8", "failed: check-halve",
+    ]
+    assert lines[3][:9] == [
+        "not_json", str(folder / "01_demo-not_json.ipynb"), "not a notebook", "0", "2", "0",
+        "3", "0", "0",
+    ]
+    assert lines[4][:10] == [
+        "floor", str(folder / "01_demo-floor.ipynb"), "ok", "1", "2", "1", "3", "1", "0",
+        "check-halve: a hidden test failed",
+    ]
+    assert_rows_add_up(lines)
+    assert not any(word in gradebook.read_text(encoding="utf-8") for word in HIDDEN_WORDS)
+
+    written = sorted(path.relative_to(feedback).as_posix() for path in feedback.rglob("*"))
+    assert written == [
+        "failing", "failing/01_demo-failing.ipynb", "floor", "floor/01_demo-floor.ipynb",
+        "not_json", "not_json/01_demo-not_json.ipynb",
+    ]
+    failing = nbformat.read(feedback / "failing" / "01_demo-failing.ipynb", as_version=4)
+    assert "**Grade: 1/3 points**" in failing.cells[0].source
+    assert "- ✗ `check-halve`: 0/2: CheckFailure: halve(8): expected 4, got 8" in (
+        failing.cells[0].source)
+    checks = [cell for cell in failing.cells if "check" in cell.metadata.get("tags", [])]
+    assert [cell.source for cell in checks] == [CHECK_DOUBLE, CHECK_HALVE]
+    assert checks[0].outputs[0]["text"] == "✓ double(3) == 6\n"
+    assert [output["output_type"] for output in checks[1].outputs] == ["error"]
+    assert checks[1].outputs[0]["traceback"] == [
+        "✗ CheckFailure: halve(8): expected 4, got 8"]
+    answer = next(cell for cell in failing.cells if cell.metadata.get("exercise", {}).get("id")
+                  == "ex-halve")
+    assert answer.source == "def halve(x):\n    return x"  # the learner's own cells, as run
+    not_json = nbformat.read(feedback / "not_json" / "01_demo-not_json.ipynb", as_version=4)
+    assert "status: not a notebook" in not_json.cells[0].source
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", ["floor", "passing"])
+def test_feedback_never_shows_hidden_tests(rows, tmp_path, name):
+    """floor fails the hidden test, passing passes it (and the hidden test prints on success)."""
+    row = rows[name]
+    text = nbformat.writes(row["feedback"])
+    assert not any(word in text for word in HIDDEN_WORDS), text
+    check = next(cell for cell in row["feedback"].cells
+                 if cell.metadata.get("exercise", {}).get("id") == "check-halve")
+    assert check.source == CHECK_HALVE
+    printed = [output.get("text", "") for output in check.outputs]
+    if name == "floor":
+        assert row["messages"] == {"check-halve": "a hidden test failed"}
+        assert printed == ["✓ halve(8) == 4\n", ""]
+        assert check.outputs[1]["traceback"] == ["✗ a hidden test failed"]
+    else:
+        assert row["messages"] == {}
+        assert printed == ["✓ halve(8) == 4\n"]
+
+
+@pytest.mark.notebooks
+def test_rows_carry_each_failed_checks_message(rows):
+    assert rows["failing"]["messages"] == {
+        "check-halve": "CheckFailure: halve(8): expected 4, got 8"}
+    # The answer cell ran past the limit, so `double` was never defined when its check ran.
+    assert rows["endless"]["messages"] == {
+        "check-double": "NameError: name 'double' is not defined"}
+    assert rows["deleted"]["messages"] == {"check-halve": "check cell deleted"}
+    assert rows["edited"]["messages"] == {
+        "check-double": "NotImplementedError: return twice x"}
+    assert rows["rebound"]["messages"] == {"check-double": (
+        "CheckFailure: double(3) is wrong; expected 6; got 5. Hint: multiply by two")}
+    assert set(rows["kills_kernel"]["messages"]) == {"check-double", "check-halve"}
+    assert rows["not_json"]["messages"] == {}
+    assert rows["passing"]["student"] == "passing"
 
 
 @pytest.mark.parametrize(
@@ -512,3 +710,15 @@ def test_every_check_the_real_notebooks_call_is_imported_by_name():
             assert called, f"{path.name}: check cell {ident} calls no check_* function"
             assert called <= set(imports), f"{path.name}: {ident} calls {called - set(imports)}"
             assert all(imports[name][0].startswith("course_lib.checks.") for name in called)
+
+
+def test_feedback_files_stay_inside_the_folder(tmp_path):
+    row = {"notebook": "sub/01_demo-x.ipynb", "student": "../../etc", "status": "not a notebook",
+           "passed": 0, "total": 1, "points": 0, "max_points": 1, "checks": {"c": False},
+           "check_points": {"c": 1}, "note": "JSONDecodeError", "messages": {}, "feedback": None}
+    nameless = {**row, "student": "", "notebook": "01_demo.ipynb"}
+    written = write_feedback([row, nameless], tmp_path / "out")
+    assert [path.relative_to(tmp_path / "out").as_posix() for path in written] == [
+        "_.._etc/01_demo-x.ipynb", "01_demo/01_demo.ipynb"]
+    summary = nbformat.read(written[0], as_version=4).cells[0].source
+    assert "**Grade: 0/1 points**" in summary and "- ✗ `c`: 0/1: failed" in summary

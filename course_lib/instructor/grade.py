@@ -3,6 +3,13 @@
     python -m course_lib.instructor.grade submissions/*.ipynb
     python -m course_lib.instructor.grade submissions/ --csv gradebook.csv --timeout 30
     python -m course_lib.instructor.grade alice.ipynb --reference path/to/exercises
+    python -m course_lib.instructor.grade submissions/ --csv grades.csv --feedback feedback/
+
+The report: a table on stdout, and with `--csv` a gradebook (`write_csv`: a student column,
+the points of each check, each failed check's one-line message); with `--feedback DIR`, each
+submission's executed notebook with its checks' messages, as DIR/<student>/<notebook>
+(`feedback_notebook`). Who the student is comes from the folder or the file name
+(`student_name`).
 
 What runs is not the learner's notebook as they left it: the grader builds the notebook it runs
 from the reference exercise (`build_graded_notebook`), runs it in a fresh kernel inside a sandbox
@@ -60,6 +67,9 @@ Decisions, and why:
   The reference source is the solution notebook's check cell when the exercise's
   `generated_from` names one that exists (`solutions/` beside the reference folder), so its
   hidden tests (`### BEGIN HIDDEN TESTS` regions, which the exercise lacks) run too.
+- Hidden tests stay hidden: each region runs in place with its output dropped, and its failure
+  reads "a hidden test failed" (`guard_hidden_tests`); the feedback shows the exercise's
+  visible check source, and an error as one line, never a traceback quoting the source run.
 - Fresh checks: before each check cell's reference source runs, the kernel forgets every
   `course_lib.checks` module (and any other module the reference imports `check_*` names from)
   and imports them again, and the check names that cell calls are bound anew from the fresh
@@ -97,6 +107,8 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -112,6 +124,7 @@ from traitlets import Any as AnyTrait, Float, default
 from course_lib.instructor.make_exercises import (
     check_points,
     exercise_id,
+    has_hidden_tests,
     is_check_cell,
     package_root,
     strip_hidden_tests,
@@ -275,7 +288,58 @@ def sources_to_run(
             f"hidden tests not run: {generated_from} differs from the exercise at "
             + ", ".join(out_of_step) + " (regenerate the exercises)"
         )
-    return {ident: full[ident] for ident in expected}, None
+    return {ident: guard_hidden_tests(full[ident], ident) for ident in expected}, None
+
+
+HIDDEN_FAILURE = "a hidden test failed"
+_HIDDEN_ENAME = "HiddenTestFailure"
+_HIDDEN_BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN HIDDEN TESTS\s*$")
+_HIDDEN_END = re.compile(r"^[ \t]*### END HIDDEN TESTS\s*$")
+# Runs one hidden region where it stood in the check cell. Its prints and warnings are swallowed
+# (they could show the hidden inputs), and any failure becomes one generic error whose traceback
+# is that one line: IPython would otherwise show the cell's source around the failing line.
+_HIDDEN_RUNNER = """\
+try:
+    import contextlib as _grader_contextlib, io as _grader_io
+    with _grader_contextlib.redirect_stdout(_grader_io.StringIO()), \\
+            _grader_contextlib.redirect_stderr(_grader_io.StringIO()):
+        exec(compile({code!r}, "<hidden tests>", "exec"), globals())
+except KeyboardInterrupt:
+    raise
+except BaseException:
+    class {ename}(AssertionError):
+        def _render_traceback_(self):
+            return ["\u2717 {message}"]
+    raise {ename}("{message}") from None"""
+
+
+def guard_hidden_tests(source: str, where: str = "check cell") -> str:
+    """`source` with each hidden-tests region run so that it cannot reveal itself.
+
+    The region's code runs in the same place and namespace, but what it prints is dropped and a
+    failure there shows only "a hidden test failed", never the hidden call, its inputs or the
+    check's message about them. A source with no hidden tests is returned unchanged.
+    """
+    if not has_hidden_tests(source):
+        return source
+    strip_hidden_tests(source, where)  # raises on unbalanced or misspelled markers
+    out: list[str] = []
+    region: list[str] | None = None
+    indent = ""
+    for line in source.splitlines():
+        begin = _HIDDEN_BEGIN.match(line)
+        if begin:
+            region, indent = [], begin["indent"]
+        elif _HIDDEN_END.match(line):
+            code = textwrap.dedent("\n".join(region or [])) + "\n"
+            runner = _HIDDEN_RUNNER.format(code=code, message=HIDDEN_FAILURE, ename=_HIDDEN_ENAME)
+            out.extend(indent + runner_line for runner_line in runner.splitlines())
+            region = None
+        elif region is not None:
+            region.append(line)
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def check_imports(reference: nbformat.NotebookNode) -> dict[str, tuple[str, str]]:
@@ -496,7 +560,8 @@ def build_graded_notebook(
             cells.append(new_code_cell(cell.source))
             roles.append(("setup", ""))
         elif ident in expected:
-            cells.append(new_code_cell(with_fresh_checks(to_run.get(ident, cell.source), imports)))
+            cells.append(new_code_cell(with_fresh_checks(to_run.get(ident, cell.source), imports),
+                                       metadata={"exercise": copy.deepcopy(cell.metadata["exercise"])}))
             roles.append(("check", ident))
         else:
             if not guarded:
@@ -508,7 +573,9 @@ def build_graded_notebook(
             source, dropped = answer_definitions(learner.get(ident, ""))
             notes += [f"answer {ident}: {note}" for note in dropped if "parse" in note]
             flagged += suspicious_constructs(learner.get(ident, ""))
-            cells.append(new_code_cell(source))
+            cells.append(new_code_cell(
+                source, metadata={"exercise": copy.deepcopy(cell.metadata["exercise"])}
+            ))
             roles.append(("answer", ident))
     if not guarded:
         cells.insert(0, new_code_cell(_guard_cell(guard_key)))
@@ -606,7 +673,10 @@ def _run(
         results[cell_index] = clean and not timed_out
         if cell_index >= guard_from and not timed_out:
             verdicts[cell_index] = _guard_verdict(content, guard_key)
-        if timed_out:
+        if timed_out:  # leave the reason in the cell, for the check's message and the feedback
+            cell.setdefault("outputs", []).append(nbformat.v4.new_output(
+                "error", ename=_TIMEOUT_ENAME, evalue=content.get("evalue", ""), traceback=[]
+            ))
             timeouts.append(f"{labels[cell_index]} ran past {timeout:g} s and was interrupted")
             if state["last_timed_out"]:
                 raise _GiveUp(cell_index)
@@ -670,16 +740,18 @@ def grade_notebook(path, reference=None, timeout: float = 60, sandbox: bool = Tr
     """Grade one submission. `reference` is a reference folder or notebook (default: exercises/).
 
     `sandbox=False` runs the kernel without the bubblewrap box (see the module docstring).
-    Returns a plain dict: notebook, status, passed, total, checks (id -> bool, reference order),
-    points (earned), max_points, check_points (id -> what it is worth), note (why the status,
-    and which checks failed), reference (path or None), seconds.
+    Returns a plain dict: notebook, student (`student_name` without a folder argument), status,
+    passed, total, checks (id -> bool, reference order), points (earned), max_points,
+    check_points (id -> what it is worth), note (why the status, and which checks failed),
+    messages (failed check id -> one line, `check_messages`), feedback (the notebook to hand
+    back, `feedback_notebook`, or None), reference (path or None), seconds.
     """
     try:
-        return _grade_notebook(Path(path), reference, timeout, sandbox)
+        row = _grade_notebook(Path(path), reference, timeout, sandbox)
     except SandboxUnavailable:
         raise
     except Exception as error:  # noqa: BLE001 - a submission odd enough to trip the grader itself
-        return {
+        row = {
             "notebook": str(path),
             "status": "crashed",
             "passed": 0,
@@ -691,7 +763,11 @@ def grade_notebook(path, reference=None, timeout: float = 60, sandbox: bool = Tr
             "note": f"grader error: {type(error).__name__}: {error}".splitlines()[0],
             "reference": None,
             "seconds": 0.0,
+            "messages": {},
+            "feedback": None,
         }
+    row["student"] = student_name(path, row["reference"])
+    return row
 
 
 def _grade_notebook(path: Path, reference, timeout: float, sandbox: bool = True) -> dict:
@@ -708,6 +784,8 @@ def _grade_notebook(path: Path, reference, timeout: float, sandbox: bool = True)
         "note": "",
         "reference": None,
         "seconds": 0.0,
+        "messages": {},
+        "feedback": None,
     }
     notes: list[str] = []
     statuses = {"ok"}
@@ -795,7 +873,19 @@ def _grade_notebook(path: Path, reference, timeout: float, sandbox: bool = True)
         untouched = tampered_at is None or index < tampered_at
         # A check the learner deleted counts as failed, as it always has.
         row["checks"][ident] = results.get(index, False) and untouched and ident in present
-    return finish()
+    row["messages"] = check_messages(runnable, row["checks"])
+    if tampered_at is not None:
+        for ident, ok in row["checks"].items():
+            if not ok and ident not in row["messages"]:
+                row["messages"][ident] = (f"not counted: the integrity guard saw "
+                                          f"{verdicts[tampered_at]} change")
+    finish()
+    # The learner gets back their answers and the checks, never the grader's guard cells.
+    handed_back = copy.deepcopy(runnable)
+    handed_back.cells = [cell for cell, (kind, _) in zip(runnable.cells, roles)
+                         if kind not in ("guard", "final")]
+    row["feedback"] = feedback_notebook(handed_back, expected, row)
+    return row
 
 
 def grade(
@@ -803,44 +893,199 @@ def grade(
 ) -> list[dict]:
     """Grade each submission in turn (folders are searched for notebooks). One dict per notebook.
 
-    Raises SandboxUnavailable, before grading anything, when `sandbox` is on and bubblewrap
-    cannot make a sandbox on this machine.
+    Each dict is grade_notebook's, with `student` named by `student_name`. Raises
+    SandboxUnavailable, before grading anything, when `sandbox` is on and bubblewrap cannot make
+    a sandbox on this machine.
     """
     if sandbox:
         reason = probe()
         if reason:
             raise SandboxUnavailable(reason)
     rows = []
-    for path in expand_paths(paths):
+    for path, folder in _expand_with_folders(paths):
         row = grade_notebook(path, reference=reference, timeout=timeout, sandbox=sandbox)
+        row["student"] = student_name(path, row["reference"], folder)
         if progress:
             progress(row)
         rows.append(row)
     return rows
 
 
-def expand_paths(paths) -> list[Path]:
-    expanded: list[Path] = []
+def _expand_with_folders(paths) -> list[tuple[Path, Path | None]]:
+    """Each notebook to grade, with the folder argument it was found in (None for a file)."""
+    expanded: list[tuple[Path, Path | None]] = []
     for path in map(Path, paths):
         if path.is_dir():
             expanded.extend(
-                sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+                (found, path)
+                for found in sorted(path.rglob("*.ipynb"))
+                if ".ipynb_checkpoints" not in found.parts
             )
         else:
-            expanded.append(path)
+            expanded.append((path, None))
     return expanded
+
+
+def expand_paths(paths) -> list[Path]:
+    return [path for path, _ in _expand_with_folders(paths)]
+
+
+def student_name(path, reference=None, folder=None) -> str:
+    """Whose submission `path` is, from where it sits and what it is called.
+
+    In order, the first rule that gives a name:
+
+    1. Found in a folder given to the grader, inside a subfolder of it: the first subfolder
+       (`grade submissions/` finds `submissions/alice/02_losses.ipynb`: alice; nbgrader's
+       `submitted/alice/ps1/02_losses.ipynb`, graded as `grade submitted/`: alice).
+    2. A file name that is the exercise's name plus more: the rest, without the separators
+       `-`, `_`, `.` and spaces around it (`02_losses-alice.ipynb`: alice).
+    3. A file name that is not the exercise's: the name without `.ipynb` (`alice.ipynb`: alice).
+    4. A file named as the exercise: its folder's name (`submissions/alice/02_losses.ipynb`,
+       given as a file: alice).
+    """
+    path = Path(path)
+    if folder is not None:
+        try:
+            inside = path.relative_to(folder).parts[:-1]
+        except ValueError:
+            inside = ()
+        if inside:
+            return inside[0]
+    exercise = Path(reference).stem if reference else None
+    if exercise and path.stem != exercise and path.stem.startswith(exercise):
+        rest = path.stem[len(exercise):].strip("-_. ")
+        if rest:
+            return rest
+    if exercise is None or path.stem != exercise:
+        return path.stem
+    return path.resolve().parent.name or path.stem
 
 
 # --- reports -------------------------------------------------------------------------------------
 
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+MESSAGE_LIMIT = 300  # characters of one check's message in the gradebook
+
+
+def one_line(text: str) -> str:
+    """`text` without colour codes, on one line, at most MESSAGE_LIMIT characters."""
+    line = " ".join(_ANSI.sub("", str(text)).split())
+    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
+
+
+def _error_message(output: dict) -> str:
+    ename = one_line(output.get("ename", "")) or "Error"
+    evalue = one_line(output.get("evalue", ""))
+    if ename == _TIMEOUT_ENAME:
+        return f"timed out: {evalue}"
+    if ename == _HIDDEN_ENAME:
+        return HIDDEN_FAILURE
+    return f"{ename}: {evalue}" if evalue else ename
+
+
+def check_messages(executed: nbformat.NotebookNode, checks: dict[str, bool]) -> dict[str, str]:
+    """Failed check id -> one line saying why: the error its cell showed, else what happened.
+
+    The line is the error's name and value ("CheckFailure: <what, expected, got, hint>", the line
+    a check prints, or the last line of any other traceback), colour codes removed; a hidden
+    test's failure is only "a hidden test failed"; a cell cut off by the time limit says so.
+    """
+    messages = {}
+    for ident, ok in checks.items():
+        if ok:
+            continue
+        cells = [
+            cell for cell in executed.cells
+            if cell.cell_type == "code" and exercise_id(cell) == ident
+        ]
+        errors = [
+            output for cell in cells for output in cell.get("outputs", [])
+            if output.get("output_type") == "error"
+        ]
+        timed_out = [output for output in errors if output.get("ename") == _TIMEOUT_ENAME]
+        if timed_out or errors:
+            messages[ident] = _error_message((timed_out or errors)[0])
+        elif not cells:
+            messages[ident] = "check cell deleted"
+        else:
+            messages[ident] = "not run (the kernel stopped before this cell)"
+    return messages
+
+
+def _summary_markdown(row: dict) -> str:
+    lines = [
+        f"**Grade: {row['points']}/{row['max_points']} points** "
+        f"({row['passed']} of {row['total']} checks passed; status: {row['status']}).",
+        "",
+    ]
+    for ident, ok in row["checks"].items():
+        worth = row["check_points"].get(ident, 1)
+        if ok:
+            lines.append(f"- ✓ `{ident}`: {worth}/{worth}")
+        else:
+            message = row.get("messages", {}).get(ident, "failed")
+            lines.append(f"- ✗ `{ident}`: 0/{worth}: {message}")
+    if row.get("note"):
+        lines += ["", f"Note: {row['note']}"]
+    return "\n".join(lines)
+
+
+def feedback_notebook(
+    executed: nbformat.NotebookNode | None, visible: dict[str, str], row: dict
+) -> nbformat.NotebookNode:
+    """What a learner gets back: their executed notebook, each check with its message.
+
+    A summary cell (points, and each check with its message) comes first. Each check cell holds
+    the exercise's visible source, never the source the grader ran (hidden tests, fresh
+    imports), and its outputs; an error shows as its one-line message, without the traceback,
+    which could quote the source that ran. With no executed notebook (a file that is not one),
+    the summary alone.
+    """
+    feedback = copy.deepcopy(executed) if executed is not None else nbformat.v4.new_notebook()
+    for cell in feedback.cells:
+        ident = exercise_id(cell)
+        if cell.cell_type != "code" or ident not in visible:
+            continue
+        cell.source = visible[ident]
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                output["ename"] = one_line(output.get("ename", ""))
+                output["evalue"] = one_line(output.get("evalue", ""))
+                output["traceback"] = [f"✗ {_error_message(output)}"]
+    summary = nbformat.v4.new_markdown_cell(_summary_markdown(row))
+    summary["id"] = "grader-feedback"
+    feedback.cells = [
+        summary, *(cell for cell in feedback.cells if cell.get("id") != "grader-feedback")
+    ]
+    return feedback
+
+
+def _safe_name(name: str) -> str:
+    name = re.sub(r"[^\w.@+-]", "_", name).strip(".")
+    return name or "unknown"
+
+
+def write_feedback(rows: list[dict], folder) -> list[Path]:
+    """Write each row's feedback notebook to folder/<student>/<notebook's file name>."""
+    written = []
+    for row in rows:
+        student = _safe_name(row.get("student") or Path(row["notebook"]).stem)
+        target = Path(folder) / student / _safe_name(Path(row["notebook"]).name)
+        feedback = row.get("feedback") or feedback_notebook(None, {}, row)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(feedback, target)
+        written.append(target)
+    return written
+
 
 def format_table(rows: list[dict]) -> str:
     """A plain aligned table, one row per notebook, then a TOTAL line."""
-    header = ("notebook", "status", "passed", "points", "note")
+    header = ("student", "notebook", "status", "passed", "points", "note")
     lines = [
         (
-            row["notebook"], row["status"], f"{row['passed']}/{row['total']}",
-            f"{row['points']}/{row['max_points']}", row["note"],
+            row.get("student", ""), row["notebook"], row["status"],
+            f"{row['passed']}/{row['total']}", f"{row['points']}/{row['max_points']}", row["note"],
         )
         for row in rows
     ]
@@ -850,7 +1095,7 @@ def format_table(rows: list[dict]) -> str:
 
     ok = sum(row["status"] == "ok" for row in rows)
     lines.append((
-        "TOTAL", f"{ok}/{len(rows)} ok", f"{tally('passed')}/{tally('total')}",
+        "TOTAL", "", f"{ok}/{len(rows)} ok", f"{tally('passed')}/{tally('total')}",
         f"{tally('points')}/{tally('max_points')}", f"{len(rows)} notebook(s)",
     ))
     columns = len(header) - 1  # the note, last, is not padded
@@ -862,26 +1107,32 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+CSV_COLUMNS = ("student", "notebook", "status", "passed", "total", "points", "max_points")
+POINTS_POSSIBLE = "(points possible)"
+
+
 def write_csv(rows: list[dict], path) -> None:
     """A gradebook: a "points possible" row, then one row per submission.
 
-    Columns: notebook, status, checks passed, checks in all, points earned, points possible, then
-    one column per check in reference order holding the points that check earned (0 when failed).
-    The first row under the header gives each check's worth, as gradebook spreadsheets expect.
+    Columns: student, notebook, status, checks passed, checks in all, points earned, points
+    possible, then one column per check (its id, in reference order) holding the points that
+    check earned (0 when failed, empty when the notebook has no such check), then `messages`:
+    one line per failed check, `<check id>: <message>`, and `note`, why the status.
+    The first row under the header is what full marks look like: every check passed, each
+    check's worth, and the sums of both, so the row adds up like any other.
     """
     check_ids = list(dict.fromkeys(ident for row in rows for ident in row["checks"]))
     worth: dict[str, int] = {}
     for row in rows:
         for ident, points in row["check_points"].items():
             worth.setdefault(ident, points)
+    possible = [worth.get(ident, 1) for ident in check_ids]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            ["notebook", "status", "passed", "total", "points", "max_points", *check_ids]
-        )
+        writer.writerow([*CSV_COLUMNS, *check_ids, "messages", "note"])
         writer.writerow([
-            "(points possible)", "", "", len(check_ids), "", sum(worth.values()),
-            *[worth.get(ident, "") for ident in check_ids],
+            POINTS_POSSIBLE, "", "", len(check_ids), len(check_ids), sum(possible), sum(possible),
+            *possible, "", "",
         ])
         for row in rows:
             checks = row["checks"]
@@ -889,9 +1140,12 @@ def write_csv(rows: list[dict], path) -> None:
                 row["check_points"].get(ident, 1) * int(checks[ident]) if ident in checks else ""
                 for ident in check_ids
             ]
+            messages = row.get("messages", {})
             writer.writerow([
-                row["notebook"], row["status"], row["passed"], row["total"], row["points"],
-                row["max_points"], *marks,
+                row.get("student", ""), row["notebook"], row["status"], row["passed"],
+                row["total"], row["points"], row["max_points"], *marks,
+                "\n".join(f"{ident}: {messages[ident]}" for ident in checks if ident in messages),
+                row["note"],
             ])
 
 
@@ -904,6 +1158,11 @@ def main(argv: list[str] | None = None) -> int:
         "paths", nargs="+", metavar="PATH", help="submitted notebooks, or folders of them"
     )
     parser.add_argument("--csv", metavar="FILE", help="also write a gradebook CSV here")
+    parser.add_argument(
+        "--feedback", type=Path, metavar="DIR",
+        help="also write each executed notebook, with its checks' messages, to "
+        "DIR/<student>/<notebook>",
+    )
     parser.add_argument(
         "--timeout", type=float, default=60, metavar="SECONDS",
         help="time limit for each cell (default: %(default)g)",
@@ -932,7 +1191,7 @@ def main(argv: list[str] | None = None) -> int:
         print("WARNING: --no-sandbox: learner code runs with your rights, and can read and write "
               "your files, the other submissions and the gradebook", file=sys.stderr)
     try:
-        rows = grade(paths, reference=args.reference, timeout=args.timeout, progress=progress,
+        rows = grade(args.paths, reference=args.reference, timeout=args.timeout, progress=progress,
                      sandbox=not args.no_sandbox)
     except SandboxUnavailable as error:
         print(f"cannot grade: {error}", file=sys.stderr)
@@ -940,6 +1199,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
+    if args.feedback:
+        written = write_feedback(rows, args.feedback)
+        print(f"wrote {len(written)} feedback notebook(s) under {args.feedback}", file=sys.stderr)
     return 0
 
 

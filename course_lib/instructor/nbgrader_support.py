@@ -17,18 +17,29 @@ markup differ from nbgrader's defaults, and nbgrader's own `ClearSolutions` hand
 `raise NotImplementedError("<instruction>")` and removes the markdown explanations. Unlike the
 exercise generator it keeps a markdown cell that was all explanation, empty: `nbgrader autograde`
 matches a submission's cells with the source notebook's, and a cell missing from the release would
-make it refuse a submission that has it (the solution notebook itself, for one). To use it, put
-this in the course's `nbgrader_config.py`:
+make it refuse a submission that has it (the solution notebook itself, for one).
 
-    from course_lib.instructor.nbgrader_support import generate_assignment_preprocessors
-    c = get_config()
-    c.GenerateAssignment.preprocessors = generate_assignment_preprocessors()
-    c.Execute.timeout = 300  # nbgrader's default, 30 s a cell, is short for a training run
+One more thing nbgrader needs: it starts the `alembic` program by name when it creates a course's
+gradebook, so `.venv/bin/nbgrader ...` run from a shell without `.venv/bin` on PATH stops with
+`FileNotFoundError: [Errno 2] No such file or directory: 'alembic'`. `configure` puts the folder
+of the interpreter running nbgrader (where pip installed `alembic`) at the front of PATH, in the
+nbgrader process itself: nbgrader reads the course's `nbgrader_config.py` before it opens the
+gradebook, so every way of starting it (`.venv/bin/nbgrader`, `python -m nbgrader`, the formgrader
+in JupyterLab) finds `alembic`, with no shell set-up to forget.
+
+All of it in the course's `nbgrader_config.py`:
+
+    from course_lib.instructor.nbgrader_support import configure
+    configure(get_config())
 
 Hidden tests (`### BEGIN HIDDEN TESTS`) need nothing: they are nbgrader's own convention.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 from nbgrader.converters import GenerateAssignment
 from nbgrader.preprocessors import ClearSolutions
@@ -57,3 +68,30 @@ def generate_assignment_preprocessors() -> list:
         ClearSolutionsWithInstructions if pre is ClearSolutions else pre
         for pre in GenerateAssignment.class_traits()["preprocessors"].default()
     ]
+
+
+# nbgrader's default, 30 s a cell, is short for a training run on a busy machine.
+CELL_TIMEOUT = 300
+
+
+def put_interpreter_folder_on_path() -> str:
+    """Put the folder of this interpreter (a venv's `bin/`) first on PATH; return that folder.
+
+    Programs installed beside the interpreter, `alembic` among them, are then found by name by
+    this process and every process it starts. Calling it again changes nothing.
+    """
+    folder = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if not parts or parts[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder, *(part for part in parts if part)])
+    return folder
+
+
+def configure(c) -> None:
+    """Set up an nbgrader course for the workbook: call it in `nbgrader_config.py`.
+
+    Our stubs in `generate_assignment`, 300 s per cell in `autograde`, and `alembic` on PATH.
+    """
+    c.GenerateAssignment.preprocessors = generate_assignment_preprocessors()
+    c.Execute.timeout = CELL_TIMEOUT
+    put_interpreter_folder_on_path()
