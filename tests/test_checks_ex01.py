@@ -9,12 +9,22 @@ the schedule advanced on a step the fp16 scaler skipped (the loop's own rule),
 shortcuts (handing the work to course_lib, another split with the same class counts, records
 that claim what did not happen) and off-by-ones.
 
+Blind spots closed (each kind with at least three answers that the former checks let through or
+rejected with a misleading hint): tolerances (the schedule at 1e-12 instead of 1e-9, the step at a
+relative 5e-5 in every precision instead of 1e-4 / 3e-2), dtypes (weights converted to 16 bits in
+the step or in evaluate), the fixed split (cfg.split_seed, never the run's seed), the model's mode
+during training (dropout), the optimizer's class and settings, the model's width and dropout, a
+fresh order every epoch, out_dir=None, and recorded losses compared with the model's outputs.
+
+Corpus sizes (wrong answers per check), before -> after: (a) lr_multiplier 9 -> 12, (b) train_step
+14 -> 17, (c) evaluate 8 -> 11, (d) make_train_loader 9 -> 9, (e) train 18 -> 39.
+
 Seeds: the normal run uses 2 seeds per case; `CHECK_SEEDS=16` runs 16. Observed with 16 seeds
-(seeds 0-15, 1,000 cases, and again for (b) after its skipped-step case was added: 337 cases):
-the reference answers pass all five checks on every seed, and every wrong answer below fails its
-check on every seed, with the failure and the hint asserted here.
-Corpus sizes: (a) lr_multiplier 9, (b) train_step 14, (c) evaluate 8, (d) make_train_loader 9,
-(e) train 18.
+before the blind spots were closed (seeds 0-15, 1,000 cases): the reference answers passed all five
+checks on every seed, and every wrong answer failed its check on every seed. After: with 2 seeds the
+whole file passed (192 cases, 594 s on a machine at load average 20); with 16 seeds (a) and (c)
+passed (400 cases: both references on every seed, all 23 wrong answers failing on every seed); (b),
+(d) and (e) were not rerun with 16 seeds after the change (the machine was too loaded to finish).
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class ExerciseConfig:
     hidden: int = 128
     dropout: float = 0.1
     target_accuracy: float = 0.93
+    split_seed: int = 0
     out_dir: str | None = None
 
 
@@ -116,7 +127,9 @@ def make_train_loader(dataset, cfg):
 
 def make_train(seed="cfg", save="best", config="dict", total="steps", scheduler_steps=True,
                eval_split="val", eval_mode=True, eval_at_last=True, record_lr="optimizer",
-               clip=True, loader=make_train_loader, multiplier=lr_multiplier):
+               clip=True, loader=make_train_loader, multiplier=lr_multiplier, split="fixed",
+               mode="restored", optimizer_class="adamw", model_args="cfg", loader_per_epoch=False,
+               out_dir="cfg_or_temporary", record_loss="this_step"):
     """The reference train(cfg) by default; each flag, changed, makes one realistic mistake."""
 
     def step_fn(model, inputs, targets, optimizer, scheduler, scaler, cfg):
@@ -146,31 +159,65 @@ def make_train(seed="cfg", save="best", config="dict", total="steps", scheduler_
             random.seed(seed_value)
             np.random.seed(seed_value)
             torch.manual_seed(seed_value)
-        data = load_digits_splits(seed=cfg.seed)
+        split_seed = {"fixed": cfg.split_seed, "run_seed": cfg.seed, "zero": 0}.get(split, cfg.split_seed)
+        data = load_digits_splits(seed=split_seed, val_fraction=0.2 if split == "wider_val" else 0.15)
         train_loader = loader(data.train, cfg)
-        model = MLP(hidden=cfg.hidden, dropout=cfg.dropout)
+        model = {"cfg": lambda: MLP(hidden=cfg.hidden, dropout=cfg.dropout),
+                 "no_dropout": lambda: MLP(hidden=cfg.hidden),
+                 "default_hidden": lambda: MLP(dropout=cfg.dropout)}[model_args]()
+        if mode == "eval_from_start":
+            model.eval()  # "so that runs are deterministic"
         if seed == "after_model":
             torch.manual_seed(cfg.seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = {
+            "adamw": lambda: torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+            "adam": lambda: torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+            "sgd": lambda: torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                           weight_decay=cfg.weight_decay),
+            "adamw_default_decay": lambda: torch.optim.AdamW(model.parameters(), lr=cfg.lr),
+        }[optimizer_class]()
         total_steps = {"steps": cfg.epochs * len(train_loader), "epochs": cfg.epochs,
                        "one_epoch": len(train_loader)}[total]
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: multiplier(step, cfg.warmup_steps, total_steps))
         scaler = torch.amp.GradScaler("cpu", enabled=cfg.precision == "fp16")
-        path = Path(cfg.out_dir or tempfile.mkdtemp()) / "best.pt"
+        path = {"cfg_or_temporary": lambda: Path(cfg.out_dir or tempfile.mkdtemp()),
+                "path_of_none": lambda: Path(cfg.out_dir),
+                "string_of_none": lambda: Path(str(cfg.out_dir)),
+                "working_directory": lambda: Path(cfg.out_dir or ".")}[out_dir]() / "best.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        running_loss = previous_loss = None
         val = {"val": data.val, "test": data.test, "train": data.train}[eval_split]
         history, best, best_state, best_step, step = [], -1.0, None, 0, 0
         steps_total = cfg.epochs * len(train_loader)
         for epoch in range(cfg.epochs):
+            if loader_per_epoch:
+                train_loader = loader(data.train, cfg)  # "a fresh loader each epoch"
             for inputs, targets in train_loader:
                 lr = optimizer.param_groups[0]["lr"] if record_lr == "optimizer" else cfg.lr
                 record = step_fn(model, inputs, targets, optimizer, schedule, scaler, cfg)
                 step += 1
+                loss = record["loss"]
+                if record_loss == "previous":
+                    record["loss"] = loss if previous_loss is None else previous_loss
+                elif record_loss == "running_mean":
+                    running_loss = loss if running_loss is None else 0.9 * running_loss + 0.1 * loss
+                    record["loss"] = running_loss
+                elif record_loss == "sum":
+                    record["loss"] = loss * len(targets)
+                previous_loss = loss
                 history.append({"step": step, "lr": lr, **record})
                 due = step % cfg.eval_every == 0 or (eval_at_last and step == steps_total)
                 if not due:
                     continue
-                if eval_mode:
+                if mode in ("not_restored", "restored_on_improvement"):
+                    model.eval()
+                    with torch.no_grad():
+                        inputs_v, targets_v = val.tensors
+                        accuracy = (model(inputs_v).argmax(1) == targets_v).float().mean().item()
+                    if mode == "restored_on_improvement" and accuracy > best:
+                        model.train()
+                elif eval_mode:
                     accuracy = evaluate(model, val)
                 else:  # the lesson's bug: no model.eval()
                     with torch.no_grad():
@@ -302,7 +349,31 @@ def torch_tensor(step, warmup, total):
     return torch.tensor(lr_multiplier(step, warmup, total))
 
 
+def epsilon_in_the_warmup(step, warmup, total):  # "never divide by zero"
+    if step < warmup:
+        return step / (warmup + 1e-10)
+    return lr_multiplier(step, warmup, total)
+
+
+def epsilon_in_the_progress(step, warmup, total):
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / (total - warmup + 1e-9)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def pi_typed_in(step, warmup, total):
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / (total - warmup)
+    return 0.5 * (1.0 + math.cos(3.1415926536 * progress))
+
+
 SCHEDULE_WRONG = [
+    # tolerance: each passed the former bar of 1e-9
+    (epsilon_in_the_warmup, "the tolerance is 1e-12", "no epsilon"),
+    (epsilon_in_the_progress, "the tolerance is 1e-12", "no epsilon"),
+    (pi_typed_in, "the tolerance is 1e-12", "no pi typed in"),
     (warmup_one_step_ahead, "at step 0", "warmup starts at 0"),
     (warmup_over_one_step_more, "the contract says", "step / warmup_steps"),
     (cosine_over_the_whole_run, "the contract says", "0 at warmup_steps to 1 at total_steps"),
@@ -326,10 +397,15 @@ def test_schedule_rejects(answer, what, hint_text, seed):
 
 
 def make_step(zero_grad=True, clip="after_unscale", scheduler="held_on_skip", autocast="honoured",
-              scaler_used=True, returned_norm="before"):
+              scaler_used=True, returned_norm="before", weights="float32"):
     """The reference step by default; each flag, changed, makes one realistic mistake."""
 
     def step(model, inputs, targets, optimizer, scheduler_, scaler, cfg):
+        if weights == "bf16_instead_of_autocast" and cfg.precision == "bf16":
+            model.to(torch.bfloat16)  # "bf16 training": the weights themselves in 16 bits
+            inputs = inputs.to(torch.bfloat16)
+        if weights in ("bf16_round_trip", "bf16_for_16_bit") and cfg.precision != "fp32":
+            model.to(torch.bfloat16)  # "saves memory during the step"
         if zero_grad:
             optimizer.zero_grad()
         if scheduler == "before":
@@ -362,6 +438,8 @@ def make_step(zero_grad=True, clip="after_unscale", scheduler="held_on_skip", au
             optimizer.step()
         if clip == "after_step":
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if weights == "bf16_round_trip":
+            model.float()
         if scheduler == "held_on_skip":
             if scale is None or scaler.get_scale() >= scale:
                 scheduler_.step()
@@ -406,6 +484,13 @@ STEP_WRONG = [
     ("bf16_for_fp16", make_step(autocast="always_bf16"), "precision='fp16'", "torch.float16"),
     ("no_gradient_scaler", make_step(scaler_used=False), "scaler passed in was not used", "scaler.scale(loss)"),
     ("returns_the_clipped_norm", make_step(returned_norm="after"), "returned a grad_norm", "before clipping"),
+    # dtypes and tolerances: each passed the former bars (3e-2 in 16 bits, no look at the weights)
+    ("bf16_weights_instead_of_autocast", make_step(weights="bf16_instead_of_autocast"),
+     "parameters were bfloat16", "do not convert the model"),
+    ("bf16_weights_for_both_16_bit_precisions", make_step(weights="bf16_for_16_bit"),
+     "parameters were bfloat16", "weights the optimizer updates stay float32"),
+    ("weights_rounded_through_bf16", make_step(weights="bf16_round_trip"),
+     "parameters were bfloat16, float32", "do not convert the model"),
     ("delegates_autocast_to_the_library", delegating_step, "course_lib's own autocast_context",
      "write it yourself"),
 ]
@@ -476,7 +561,30 @@ def delegates_evaluation(model, dataset):
     return course_lib.evaluate(model, DataLoader(dataset, batch_size=256))["eval_accuracy"]
 
 
+def evaluates_in_bf16(model, dataset):  # "faster": the weights rounded to 16 bits and back
+    model.to(torch.bfloat16)
+    accuracy = evaluate(model, type(dataset)(dataset.tensors[0].bfloat16(), dataset.tensors[1]))
+    model.float()
+    return accuracy
+
+
+def leaves_the_model_in_bf16(model, dataset):
+    model.to(torch.bfloat16)
+    return evaluate(model, type(dataset)(dataset.tensors[0].bfloat16(), dataset.tensors[1]))
+
+
+def evaluates_in_half(model, dataset):
+    model.half()
+    accuracy = evaluate(model, type(dataset)(dataset.tensors[0].half(), dataset.tensors[1]))
+    model.float()
+    return accuracy
+
+
 EVALUATE_WRONG = [
+    # dtypes: the model's weights after evaluate (the former check compared only the buffers)
+    (evaluates_in_bf16, "does not match the reference exactly", "no conversion to 16 bits"),
+    (leaves_the_model_in_bf16, "has the wrong dtype", "no conversion to 16 bits"),
+    (evaluates_in_half, "does not match the reference exactly", "no conversion to 16 bits"),
     (without_eval_mode, "training mode", "model.eval()"),
     (with_a_graph, "recording a graph", "torch.inference_mode()"),
     (left_in_eval_mode, "left the model in eval mode", "model.train()"),
@@ -607,19 +715,56 @@ TRAIN_WRONG = [
     ("evaluates_on_the_test_split", make_train(eval_split="test"), "of which 0 from the validation split",
      "not the test"),
     ("evaluates_on_the_training_split", make_train(eval_split="train"), "of which 0 from the validation",
-     "load_digits_splits(seed=cfg.seed).val"),
+     "load_digits_splits(seed=cfg.split_seed).val"),
     ("never_calls_model_eval", make_train(eval_mode=False), "training mode", "model.eval()"),
     ("skips_the_last_evaluation", make_train(eval_at_last=False), "evaluations on the validation split",
      "step == total_steps"),
     ("records_the_configured_lr", make_train(record_lr="config"), "says lr", "param_groups[0]['lr']"),
     ("no_clipping", make_train(clip=False), "above cfg.grad_clip", "clip"),
+    # the split: fixed by cfg.split_seed, never drawn with the run's seed
+    ("re_splits_with_the_run_seed", make_train(split="run_seed"), "split the data with seed cfg.seed",
+     "re-splitting with the run's seed"),
+    ("split_seed_typed_in", make_train(split="zero"), "split the data with seed 0", "cfg.split_seed"),
+    ("a_split_of_its_own", make_train(split="wider_val"), "examples of the training split",
+     "load_digits_splits(seed=cfg.split_seed)"),
+    # the model's mode during training (dropout)
+    ("eval_mode_never_left", make_train(mode="not_restored"), "ran the model in eval mode",
+     "model.train()"),
+    ("eval_mode_from_the_start", make_train(mode="eval_from_start"), "ran the model in eval mode",
+     "model.train()"),
+    ("training_mode_restored_on_improvement_only", make_train(mode="restored_on_improvement"),
+     "ran the model in eval mode", "after each evaluation"),
+    # the optimizer and the model the config names
+    ("adam_with_l2", make_train(optimizer_class="adam"), "the optimizer was Adam", "AdamW"),
+    ("sgd_with_momentum", make_train(optimizer_class="sgd"), "the optimizer was SGD", "AdamW"),
+    ("adamw_default_weight_decay", make_train(optimizer_class="adamw_default_decay"),
+     "weight_decay=0.01", "weight_decay=cfg.weight_decay"),
+    ("no_dropout", make_train(model_args="no_dropout"), "dropout [0.0]", "MLP(hidden=cfg.hidden, dropout=cfg.dropout)"),
+    ("default_width", make_train(model_args="default_hidden"), "hidden width 128", "every setting comes from cfg"),
+    # a fresh order every epoch
+    ("a_new_loader_every_epoch", make_train(loader_per_epoch=True), "epochs 1 and 2", "make the loader once"),
+    ("one_permutation_for_all_epochs", make_train(loader=one_permutation_for_every_epoch),
+     "epochs 1 and 2", "reshuffles at every epoch"),
+    ("a_new_loader_of_another_kind_every_epoch", make_train(loader=fixed_seed, loader_per_epoch=True),
+     "epochs 1 and 2", "make the loader once"),
+    # out_dir=None, the contract's default
+    ("path_of_none", make_train(out_dir="path_of_none"), "with cfg.out_dir = None", "tempfile.mkdtemp()"),
+    ("a_folder_called_none", make_train(out_dir="string_of_none"), "fresh temporary directory",
+     "never the working directory"),
+    ("the_working_directory", make_train(out_dir="working_directory"), "fresh temporary directory",
+     "never the working directory"),
+    # the recorded losses are the model's
+    ("records_the_previous_loss", make_train(record_loss="previous"), "says loss", "not the previous step's"),
+    ("records_a_running_mean", make_train(record_loss="running_mean"), "says loss", "not a running mean"),
+    ("records_the_summed_loss", make_train(record_loss="sum"), "says loss", "for this very step"),
 ]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name, answer, what, hint_text", TRAIN_WRONG, ids=lambda a: a if isinstance(a, str) else "")
-def test_train_rejects(name, answer, what, hint_text, seed):
+def test_train_rejects(name, answer, what, hint_text, seed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # wrong answers may write into the working directory
     failure = rejected(check_train, answer, ExerciseConfig, seed=seed)
     assert what in failure.what and hint_text in failure.hint, failure.line()
 

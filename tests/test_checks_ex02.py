@@ -5,11 +5,16 @@ Wrong answers come from the curriculum (log of softmax computed naively, gamma a
 off-by-one warmup), the lesson's common-bug boxes (sum instead of mean, a decay that ignores the
 floor, the LR multiplied in twice) and shortcuts (handing the work to course_lib).
 
-Corpus sizes: check_focal_loss 12 wrong answers, check_warmup_cosine 10, check_make_scheduler 8.
+Corpus sizes (wrong answers per check), before -> after closing the blind spots of dtypes,
+tolerances, gamma = 0 together with alpha, the default min_lr_ratio and the scheduler's class:
+check_focal_loss 12 -> 21, check_warmup_cosine 10 -> 16, check_make_scheduler 8 -> 12. Of the 19
+answers added, 18 passed the checks as they were (tolerance 1e-4 on the loss, 1e-6 on the schedule,
+no float64 batch, no call without min_lr_ratio) and the 19th failed there with a misleading hint.
 
 The focal-loss check draws its batches from a seed. Over CHECK_SEEDS=16 (seeds 0..15) the reference
-passed every seed and each of the 9 seeded wrong answers failed every seed with its own hint
-(164 tests passed); the normal run uses 2 seeds. The schedule checks use no randomness.
+passed every seed and each of the 18 seeded wrong answers failed every seed with its own hint
+(343 tests passed);
+the normal run uses 2 seeds. The schedule checks use no randomness.
 """
 
 from __future__ import annotations
@@ -341,3 +346,188 @@ def test_hint_has_one_nudge_per_question(capsys):
     assert hint.questions == ("a", "b", "c")
     hint("b")
     assert "progress" in capsys.readouterr().out
+
+
+# ---- blind spots closed: dtypes, tolerances, gamma = 0 with alpha, defaults ------------------------
+# Each answer below passed the checks as they were before the blind spots were closed (the float32
+# tolerance of 1e-4, the schedule tolerance of 1e-6, no float64 batch, no gamma = 0 with alpha, no
+# call without min_lr_ratio) and fails them now, with the failure and the hint asserted.
+
+
+def casts_logits_to_float32(logits, targets, gamma, alpha=None):
+    return make_focal_loss()(logits.float(), targets, gamma, None if alpha is None else alpha.float())
+
+
+def returns_float64(logits, targets, gamma, alpha=None):
+    return make_focal_loss()(logits, targets, gamma, alpha).double()
+
+
+def log_softmax_in_float32(logits, targets, gamma, alpha=None):  # "stable" under bf16, wrong here
+    log_p_t = F.log_softmax(logits, dim=-1, dtype=torch.float32).gather(
+        -1, targets.unsqueeze(-1)).squeeze(-1)
+    loss = -((1 - log_p_t.exp()).clamp(min=1e-12) ** gamma) * log_p_t
+    if alpha is not None:
+        loss = alpha[targets].float() * loss
+    return loss.mean()
+
+
+def float32_round_trip(logits, targets, gamma, alpha=None):
+    alpha32 = None if alpha is None else alpha.float()
+    return make_focal_loss()(logits.float(), targets, gamma, alpha32).to(logits.dtype)
+
+
+def epsilon_in_the_factor(logits, targets, gamma, alpha=None):  # "avoids NaN gradients"
+    log_p_t = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    loss = -((1 - log_p_t.exp() + 1e-6) ** gamma) * log_p_t
+    if alpha is not None:
+        loss = alpha[targets] * loss
+    return loss.mean()
+
+
+def floor_too_high(logits, targets, gamma, alpha=None):
+    log_p_t = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    loss = -((1 - log_p_t.exp()).clamp(min=1e-4) ** gamma) * log_p_t
+    if alpha is not None:
+        loss = alpha[targets] * loss
+    return loss.mean()
+
+
+def cross_entropy_shortcut_weighted(logits, targets, gamma, alpha=None):
+    if gamma == 0:  # "gamma = 0 is cross-entropy", with the class weights
+        return F.cross_entropy(logits, targets, weight=alpha)
+    return make_focal_loss()(logits, targets, gamma, alpha)
+
+
+def cross_entropy_shortcut(logits, targets, gamma, alpha=None):
+    if gamma == 0:
+        return F.cross_entropy(logits, targets)
+    return make_focal_loss()(logits, targets, gamma, alpha)
+
+
+def alpha_inside_the_power(logits, targets, gamma, alpha=None):
+    log_p_t = F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    factor = (1 - log_p_t.exp()).clamp(min=1e-12)
+    if alpha is not None:
+        factor = alpha[targets] * factor
+    return (-(factor ** gamma) * log_p_t).mean()
+
+
+FOCAL_BLIND_SPOTS = [
+    # dtypes
+    (casts_logits_to_float32, "returned a float32 loss", "keep the logits' dtype"),
+    (returns_float64, "returned a float64 loss", "keep the logits' dtype"),
+    (log_softmax_in_float32, "returned a float32 loss", "dtype= argument"),
+    # tolerances
+    (float32_round_trip, "tolerance for float64 is 1e-12", "round trip through float32"),
+    (epsilon_in_the_factor, "tolerance for float", "an epsilon added"),
+    (floor_too_high, "tolerance for float", "a tiny clamp"),
+    # gamma = 0 together with alpha
+    (cross_entropy_shortcut_weighted, "divided by the sum of the alpha weights", "batch size"),
+    (cross_entropy_shortcut, "ignored alpha with gamma = 0", "alpha[its target class]"),
+    (alpha_inside_the_power, "ignored alpha with gamma = 0", "alpha[its target class]"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("answer, what, hint_text", FOCAL_BLIND_SPOTS,
+                         ids=lambda a: getattr(a, "__name__", ""))
+def test_focal_loss_rejects_a_blind_spot_answer(answer, what, hint_text, seed):
+    failure = fails(check_focal_loss, answer, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+def schedule_in_float32(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step < warmup_steps:
+        return float(torch.tensor(step, dtype=torch.float32) / warmup_steps)
+    progress = torch.tensor((step - warmup_steps) / (total_steps - warmup_steps))
+    return float(min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + torch.cos(math.pi * progress)))
+
+
+def pi_typed_in(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(3.1415926 * progress))
+
+
+def epsilon_in_the_denominators(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+    if step < warmup_steps:
+        return step / (warmup_steps + 1e-8)  # "never divide by zero"
+    progress = (step - warmup_steps) / (total_steps - warmup_steps + 1e-8)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def another_default_floor(step, warmup_steps, total_steps, min_lr_ratio=0.1):
+    return REFERENCE_SCHEDULE(step, warmup_steps, total_steps, min_lr_ratio)
+
+
+def no_default_floor(step, warmup_steps, total_steps, min_lr_ratio):
+    return REFERENCE_SCHEDULE(step, warmup_steps, total_steps, min_lr_ratio)
+
+
+def none_means_a_floor(step, warmup_steps, total_steps, min_lr_ratio=None):
+    ratio = 0.05 if min_lr_ratio is None else min_lr_ratio  # "a small floor unless told otherwise"
+    return REFERENCE_SCHEDULE(step, warmup_steps, total_steps, ratio)
+
+
+SCHEDULE_BLIND_SPOTS = [
+    # tolerances
+    (schedule_in_float32, "the tolerance is 1e-12", "no float32"),
+    (pi_typed_in, "the tolerance is 1e-12", "no pi typed in"),
+    (epsilon_in_the_denominators, "the tolerance is 1e-12", "no epsilon"),
+    # the default min_lr_ratio
+    (another_default_floor, "called without min_lr_ratio", "default 0.0"),
+    (no_default_floor, "could not be called without min_lr_ratio", "default 0.0"),
+    (none_means_a_floor, "called without min_lr_ratio", "default 0.0"),
+]
+
+
+@pytest.mark.parametrize("answer, what, hint_text", SCHEDULE_BLIND_SPOTS,
+                         ids=lambda a: getattr(a, "__name__", ""))
+def test_warmup_cosine_rejects_a_blind_spot_answer(answer, what, hint_text):
+    failure = fails(check_warmup_cosine, answer)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+def scheduler_without_a_default(optimizer, warmup_steps, total_steps, min_lr_ratio):
+    return LambdaLR(optimizer, lambda s: REFERENCE_SCHEDULE(s, warmup_steps, total_steps, min_lr_ratio))
+
+
+def scheduler_with_another_default(optimizer, warmup_steps, total_steps, min_lr_ratio=0.1):
+    return LambdaLR(optimizer, lambda s: REFERENCE_SCHEDULE(s, warmup_steps, total_steps, min_lr_ratio))
+
+
+def scheduler_drops_the_default(optimizer, warmup_steps, total_steps, min_lr_ratio=None):
+    ratio = 0.05 if min_lr_ratio is None else min_lr_ratio  # "a small floor by default"
+    return LambdaLR(optimizer, lambda s: REFERENCE_SCHEDULE(s, warmup_steps, total_steps, ratio))
+
+
+class HandWrittenScheduler(torch.optim.lr_scheduler.LRScheduler):
+    """The right numbers from a scheduler class of its own: the contract asks for a LambdaLR."""
+
+    def __init__(self, optimizer, multiplier):
+        self.multiplier = multiplier
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        return [base * self.multiplier(self.last_epoch) for base in self.base_lrs]
+
+
+def scheduler_of_its_own(optimizer, warmup_steps, total_steps, min_lr_ratio=0.0):
+    return HandWrittenScheduler(optimizer, lambda s: REFERENCE_SCHEDULE(s, warmup_steps,
+                                                                        total_steps, min_lr_ratio))
+
+
+MAKE_SCHEDULER_BLIND_SPOTS = [
+    (scheduler_without_a_default, "could not be called without min_lr_ratio", "default 0.0"),
+    (scheduler_with_another_default, "without min_lr_ratio", "default 0.0"),
+    (scheduler_drops_the_default, "without min_lr_ratio", "default 0.0"),
+    (scheduler_of_its_own, "returned a HandWrittenScheduler", "LambdaLR(optimizer, lr_lambda)"),
+]
+
+
+@pytest.mark.parametrize("answer, what, hint_text", MAKE_SCHEDULER_BLIND_SPOTS,
+                         ids=lambda a: getattr(a, "__name__", ""))
+def test_make_scheduler_rejects_a_blind_spot_answer(answer, what, hint_text):
+    failure = fails(check_make_scheduler, answer, REFERENCE_SCHEDULE)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
