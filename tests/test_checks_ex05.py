@@ -251,6 +251,9 @@ def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, las
         if combine == "means":
             return {"eval_loss": sum(m[0] for m in means) / len(means),
                     "eval_accuracy": sum(m[1] for m in means) / len(means)}
+        if accuracy == "float16":
+            return {"eval_loss": float(loss_sum) / count,
+                    "eval_accuracy": torch.tensor(correct / count, dtype=torch.float16)}
         if accuracy == "floor":
             return {"eval_loss": float(loss_sum) / count,
                     "eval_accuracy": torch.tensor(correct) // torch.tensor(count)}
@@ -348,7 +351,7 @@ def test_evaluate_check_rejects_a_wrong_result_type():
     ({"combine": "mean times count"}, "a mean over its zero real rows is NaN", "NaN"),
     # precision and dtypes, against a tolerance of 1e-6
     ({"precision": torch.bfloat16}, "divide the total loss by the total number", "eval_loss"),
-    ({"precision": torch.float16}, "divide the total loss by the total number", "eval_loss"),
+    ({"accuracy": "float16"}, "divide the number of correct real examples", "eval_accuracy"),
     ({"totals": "float16"}, "divide the total loss by the total number", "eval_loss"),
     ({"accuracy": "floor"}, "divide the number of correct real examples", "eval_accuracy"),
 ], ids=lambda value: str(value) if isinstance(value, dict) else "")

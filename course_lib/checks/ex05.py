@@ -34,9 +34,9 @@ hint = make_hint({
          "over the same real rows.",
     "b": "keep three running totals over the whole loader (loss sum, correct, items); divide only "
          "once, at the end. Remember the model's mode before switching to eval, and give it back.",
-    "c": "work out every class's count first (floor of size * n_c / N, then hand the leftover "
-         "examples to the largest remainders); then draw that many of each class with "
-         "torch.randperm and a torch.Generator seeded with `seed`.",
+    "c": "work out every class's count first: rounding each share on its own may not add up to "
+         "`size`, so what could decide where the examples left over by the floors go? Then draw "
+         "that many of each class, with a torch.Generator seeded with `seed`.",
 })
 
 # Floats summed in another order differ in their last bits: the worst correct answer of
