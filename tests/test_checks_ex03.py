@@ -7,8 +7,8 @@ correct answer passed on every seed and every wrong answer failed on every seed,
 asserted below.
 
 Corpus sizes (wrong answers per check), before the blind spots of dtypes, tolerances, defaults,
-streaming and scale growth were closed -> now: check_accumulate 7 -> 18, check_train_step
-11 -> 19, check_train_step_with_scaler 8 -> 14.
+a window read once (a stream) and scale growth were closed -> now: check_accumulate 7 -> 21,
+check_train_step 11 -> 19, check_train_step_with_scaler 8 -> 13.
 """
 
 from __future__ import annotations

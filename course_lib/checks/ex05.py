@@ -321,7 +321,16 @@ def check_evaluate_exact(evaluate_exact, seed: int = 0) -> None:
                 seen.clear()
                 loader = _Loader(batches)
                 with CallWatch(code_objects(_library_functions())) as library_calls:
-                    result = call_learner(evaluate_exact, model, loader, name="evaluate_exact")
+                    try:
+                        result = call_learner(evaluate_exact, model, loader,
+                                              name="evaluate_exact")
+                    except CheckFailure as failure:
+                        if "ZeroDivisionError" not in failure.what or batches is not padded:
+                            raise
+                        raise CheckFailure(f"on {name}, {failure.what}",
+                                           hint="a batch may hold padding only: a mean over its "
+                                           "zero real rows divides by zero. Add sums and counts, "
+                                           "never means") from None
                 if library_calls.called:
                     raise CheckFailure(f"evaluate_exact called {library_calls.called[0]}",
                                        hint="this exercise asks you to write the evaluation "
