@@ -5,6 +5,12 @@ Every test runs over the seeds of the check's own data (the model, the examples,
 CHECK_SEEDS of them, 2 by default; CHECK_SEEDS=16 is the validation run. With 16 seeds every
 correct answer passed on every seed and every wrong answer failed on every seed, with the hint
 asserted below (the uniformity threshold of (c) included).
+
+Corpus sizes (wrong answers per check), before the blind spots of dtypes, tolerances, counts read,
+edges (a batch of padding alone, absent classes, ties, the whole set) were closed -> now:
+check_masked_sums 9 -> 13, check_evaluate_exact 12 -> 21, check_stratified_sample 12 -> 16
+(kinds: dtypes and precision, tolerance 1e-5 -> 1e-6, the loader's reads and forward passes
+counted, a batch of padding alone, absent classes; ties are accepted either way).
 """
 
 from __future__ import annotations
@@ -136,6 +142,44 @@ def test_masked_sums_check_rejects_delegating_to_course_lib():
                what="course_lib.loop.batch_loss")
 
 
+def test_masked_sums_check_rejects_losses_in_half_precision():
+    def half(logits, targets, mask):
+        _, correct, count = masked_sums(logits, targets, mask)
+        losses = F.cross_entropy(logits.half(), targets, reduction="none")  # to save memory
+        return losses[mask].float().sum(), correct, count
+
+    fails_with(check_masked_sums, half, hint_text="add up those of the real rows",
+               what="differs from the sum")
+
+
+def test_masked_sums_check_rejects_losses_in_bfloat16():
+    def brain_float(logits, targets, mask):
+        _, correct, count = masked_sums(logits, targets, mask)
+        losses = F.cross_entropy(logits.bfloat16(), targets, reduction="none")
+        return losses[mask].sum().float(), correct, count
+
+    fails_with(check_masked_sums, brain_float, hint_text="add up those of the real rows",
+               what="differs from the sum")
+
+
+def test_masked_sums_check_rejects_summed_confidences_as_the_number_correct():
+    def confidences(logits, targets, mask):
+        loss_sum, _, count = masked_sums(logits, targets, mask)
+        probability_of_target = logits.softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        return loss_sum, probability_of_target[mask].sum(), count
+
+    fails_with(check_masked_sums, confidences, hint_text="add up booleans",
+               what="not a whole number")
+
+
+def test_masked_sums_check_rejects_the_share_of_real_rows_as_the_count():
+    def share(logits, targets, mask):
+        loss_sum, correct, _ = masked_sums(logits, targets, mask)
+        return loss_sum, correct, mask.float().mean()
+
+    fails_with(check_masked_sums, share, hint_text="add up booleans", what="not a whole number")
+
+
 def test_masked_sums_check_rejects_a_wrong_shape_of_answer():
     fails_with(check_masked_sums, lambda logits, targets, mask: masked_sums(logits, targets, mask)[:2],
                hint_text="three numbers")
@@ -145,7 +189,8 @@ def test_masked_sums_check_rejects_a_wrong_shape_of_answer():
 
 
 def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, last_batch=True,
-                  delegate=False, batch_size=32):
+                  delegate=False, batch_size=32, passes="one", forwards=1, precision=None,
+                  totals="python", accuracy="divide"):
     """A correct evaluate_exact by default; each argument, changed, makes one realistic mistake."""
 
     def evaluate_exact(model, loader):
@@ -154,6 +199,10 @@ def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, las
             model.eval()
         context = torch.enable_grad() if grad else torch.inference_mode()
         loss_sum, correct, count, means = 0.0, 0, 0, []
+        if totals == "float16":
+            loss_sum = torch.zeros((), dtype=torch.float16)
+        if passes == "count first":
+            examples = sum(int(mask.sum()) for _, _, mask in loader)
         with context:
             if delegate:
                 batches = ((x[m], y[m]) for x, y, m in loader)
@@ -164,9 +213,24 @@ def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, las
                     continue  # drop_last, the quiet way
                 if not use_mask:
                     mask = torch.ones_like(mask)
-                logits = model(inputs)
+                if precision is not None:
+                    with torch.autocast("cpu", dtype=precision):
+                        logits = model(inputs).float()
+                else:
+                    logits = model(inputs)
                 batch_loss, batch_correct, batch_count = masked_sums(logits, targets, mask)
-                if combine == "means":
+                if forwards == 2:  # the accuracy from a second forward pass
+                    batch_correct = masked_sums(model(inputs), targets, mask)[1]
+                if combine == "python means weighted":  # each batch's mean, times its count
+                    loss_sum += batch_loss.item() / int(batch_count) * int(batch_count)
+                    correct += int(batch_correct)
+                    count += int(batch_count)
+                elif combine == "mean times count":
+                    mean = F.cross_entropy(logits[mask], targets[mask])  # NaN for no real rows
+                    loss_sum += (mean * mask.sum()).item()
+                    correct += int(batch_correct)
+                    count += int(batch_count)
+                elif combine == "means":
                     means.append((batch_loss.item() / int(batch_count),
                                   int(batch_correct) / int(batch_count)))
                 elif combine == "rows":  # loss over real rows, divided by every row
@@ -177,9 +241,15 @@ def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, las
                     loss_sum, correct, count = (batch_loss.item(), int(batch_correct),
                                                 int(batch_count))
                 else:
-                    loss_sum += batch_loss.item()
+                    loss_sum += batch_loss.item() if totals == "python" else batch_loss.half()
                     correct += int(batch_correct)
                     count += int(batch_count)
+            if passes == "per metric":  # a second loop for the accuracy
+                correct = 0
+                for inputs, targets, mask in loader:
+                    correct += int(masked_sums(model(inputs), targets, mask)[1])
+        if passes == "count first":
+            count = examples
         if mode == "restore":
             model.train(was_training)
         elif mode == "always_train":
@@ -187,7 +257,13 @@ def make_evaluate(mode="restore", grad=False, combine="sums", use_mask=True, las
         if combine == "means":
             return {"eval_loss": sum(m[0] for m in means) / len(means),
                     "eval_accuracy": sum(m[1] for m in means) / len(means)}
-        return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count}
+        if accuracy == "float16":
+            return {"eval_loss": float(loss_sum) / count,
+                    "eval_accuracy": torch.tensor(correct / count, dtype=torch.float16)}
+        if accuracy == "floor":
+            return {"eval_loss": float(loss_sum) / count,
+                    "eval_accuracy": torch.tensor(correct) // torch.tensor(count)}
+        return {"eval_loss": float(loss_sum) / count, "eval_accuracy": correct / count}
 
     return evaluate_exact
 
@@ -272,6 +348,24 @@ def test_evaluate_check_rejects_a_wrong_result_type():
     fails_with(check_evaluate_exact, returns_a_tuple, hint_text="return a dict")
 
 
+@pytest.mark.parametrize("mistake, hint_text, what", [
+    # the loader is read once, each batch run once
+    ({"passes": "count first"}, "keep every running total in the same single loop", "2 times"),
+    ({"passes": "per metric"}, "keep every running total in the same single loop", "2 times"),
+    ({"forwards": 2}, "one forward pass per batch", "ran the model"),
+    # a batch of padding alone
+    ({"combine": "mean times count"}, "a mean over its zero real rows is NaN", "NaN"),
+    ({"combine": "python means weighted"}, "divides by zero", "ZeroDivisionError"),
+    # precision and dtypes, against a tolerance of 1e-6
+    ({"precision": torch.bfloat16}, "divide the total loss by the total number", "eval_loss"),
+    ({"accuracy": "float16"}, "divide the number of correct real examples", "eval_accuracy"),
+    ({"totals": "float16"}, "divide the total loss by the total number", "eval_loss"),
+    ({"accuracy": "floor"}, "divide the number of correct real examples", "eval_accuracy"),
+], ids=lambda value: str(value) if isinstance(value, dict) else "")
+def test_evaluate_check_rejects(mistake, hint_text, what):
+    fails_with(check_evaluate_exact, make_evaluate(**mistake), hint_text=hint_text, what=what)
+
+
 def test_evaluate_check_rejects_an_answer_that_never_runs_the_model():
     fails_with(check_evaluate_exact, lambda model, loader: {"eval_loss": 2.0, "eval_accuracy": 0.5},
                hint_text="call model(inputs) for each batch")
@@ -290,7 +384,8 @@ def class_counts_by_hand(labels, size):
     return counts
 
 
-def make_sampler(counts="largest_remainder", choose="randperm", rng="generator", positions=False):
+def make_sampler(counts="largest_remainder", choose="randperm", rng="generator", positions=False,
+                 returns="list", classes="bincount"):
     """A correct stratified_sample by default; each argument, changed, makes one mistake."""
 
     def stratified_sample(labels, size, seed):
@@ -315,8 +410,15 @@ def make_sampler(counts="largest_remainder", choose="randperm", rng="generator",
         elif counts == "floor_then_largest_class":
             per_class = [size * n // total for n in sizes]
             per_class[int(np.argmax(sizes))] += size - sum(per_class)
+        elif counts == "ties_to_the_larger_class":
+            per_class = [size * n // total for n in sizes]
+            remainders = [size * n % total for n in sizes]
+            order = sorted(range(len(sizes)), key=lambda c: (-remainders[c], -c))
+            for c in order[:size - sum(per_class)]:
+                per_class[c] += 1
         chosen = []
-        for c, k in enumerate(per_class):
+        present = labels.unique().tolist() if classes == "unique" else range(len(per_class))
+        for c, k in zip(present, per_class):
             of_class = torch.nonzero(labels == c).flatten()
             if choose == "first":
                 picks = torch.arange(k)
@@ -330,6 +432,14 @@ def make_sampler(counts="largest_remainder", choose="randperm", rng="generator",
             else:
                 picks = torch.randperm(len(of_class), generator=generator)[:k]
             chosen += picks.tolist() if positions else of_class[picks].tolist()
+        if returns == "float tensor":  # torch.cat onto torch.tensor([]), which is float32
+            return torch.cat([torch.tensor([]), torch.tensor(chosen)])
+        if returns == "mask":
+            mask = torch.zeros(total, dtype=torch.bool)
+            mask[chosen] = True
+            return mask
+        if returns == "column":
+            return torch.tensor(chosen)[:, None]
         return chosen
 
     return stratified_sample
@@ -350,6 +460,10 @@ def test_stratified_check_passes_numpy_with_its_own_generator(capsys):
         return np.array(chosen)
 
     passes(check_stratified_sample, stratified_sample, capsys)
+
+
+def test_stratified_check_accepts_either_class_of_a_tie(capsys):
+    passes(check_stratified_sample, make_sampler(counts="ties_to_the_larger_class"), capsys)
 
 
 def test_stratified_check_says_not_implemented_for_a_stub():
@@ -410,6 +524,16 @@ def test_stratified_check_rejects_positions_within_a_class():
 def test_stratified_check_rejects_favouring_some_examples_of_a_class():
     fails_with(check_stratified_sample, make_sampler(choose="first_half"),
                hint_text="every example of a class should have the same chance")
+
+
+@pytest.mark.parametrize("mistake, hint_text, what", [
+    ({"classes": "unique"}, "a class may have no examples", "absent"),
+    ({"returns": "float tensor"}, "a list of ints", "not an index"),
+    ({"returns": "mask"}, "a list of ints", "not an index"),
+    ({"returns": "column"}, "a list of ints", "one-dimensional"),
+], ids=lambda value: str(value) if isinstance(value, dict) else "")
+def test_stratified_check_rejects(mistake, hint_text, what):
+    fails_with(check_stratified_sample, make_sampler(**mistake), hint_text=hint_text, what=what)
 
 
 def test_stratified_check_rejects_delegating_to_course_lib():
