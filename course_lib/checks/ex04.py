@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 import warnings
 import weakref
 from contextlib import contextmanager
@@ -144,7 +143,8 @@ def _require_readers(dataset: SlowDigits, indices, num_workers: int, what: str) 
     readers = set(dataset.reader_pids[torch.as_tensor(indices)].tolist())
     if num_workers == 0:
         require(readers == {os.getpid()}, f"{what} read in worker processes with num_workers=0",
-                expected="every read in the notebook's own process", got=f"{len(readers)} processes",
+                expected="every read in the notebook's own process",
+                got=f"{len(readers)} processes",
                 hint="num_workers=0 means no worker processes: pass num_workers through to the "
                 "DataLoader instead of a number of your own")
         return 0
@@ -154,7 +154,8 @@ def _require_readers(dataset: SlowDigits, indices, num_workers: int, what: str) 
                  "a single worker process" if len(workers) == 1 and os.getpid() not in readers else
                  "the notebook's own process and workers")
         raise CheckFailure(f"{what}: examples were read in {where}",
-                           expected=f"every read in the worker processes (num_workers={num_workers})",
+                           expected="every read in the worker processes "
+                           f"(num_workers={num_workers})",
                            hint="let a DataLoader with num_workers workers do every read, in "
                            "batches small enough (say 16 or 32) that every worker gets some")
     return len(workers)
@@ -216,7 +217,8 @@ def _check_cache_once(build_cache, dataset: SlowDigits, indices: list[int], num_
                            hint="cache what the dataset gives with transform=None: the transform "
                            "runs later, on whole batches")
     require_tensor(images, expected_images, f"{what}: the images",
-                   hint="store item['image'] as the dataset gives it with transform=None, unchanged")
+                   hint="store item['image'] as the dataset gives it with transform=None, "
+                   "unchanged")
     return _require_readers(dataset, indices, num_workers, what)
 
 
@@ -275,7 +277,8 @@ def check_transform_batch(transform_batch, *, seed: int = 0) -> None:
                 expected=tuple(expected.shape), got=tuple(result.shape),
                 hint="give the rows back as they came: (N, 64), flattened again after the flip")
         if not torch.equal(result, expected):
-            hint = "mirror each image left to right, then subtract PIXEL_MEAN and divide by PIXEL_STD"
+            hint = ("mirror each image left to right, then subtract PIXEL_MEAN and divide by "
+                    "PIXEL_STD")
             if torch.equal(result, normalise(before)):
                 hint = "the images are normalised but not mirrored"
             elif torch.allclose(result, normalise(_mirrored_up_down(before))):
@@ -322,7 +325,8 @@ def _one_epoch(pipeline, name: str):
     for batch in batches:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise CheckFailure("each batch should be a pair (images, labels)",
-                               got=type(batch).__name__, hint="yield images, labels for every batch")
+                               got=type(batch).__name__,
+                               hint="yield images, labels for every batch")
         epoch.append(tuple(batch))
     return epoch
 
@@ -400,7 +404,8 @@ def _run_and_compare(make_pipeline, dataset, batch_size, seed, num_workers, what
     read_early = int(dataset.reads.sum())
     if read_early:
         raise CheckFailure(f"{what}: building the pipeline read {read_early} examples before the "
-                           "first batch was asked for", hint="build nothing up front: epoch 1 reads "
+                           "first batch was asked for",
+                           hint="build nothing up front: epoch 1 reads "
                            "each batch when it is asked for, and fills the cache as it goes")
     first, workers = None, 0
     for number in range(1, EPOCHS + 1):
