@@ -74,6 +74,13 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image - PIXEL_MEAN) / PIXEL_STD
 
 
+def mirror_and_normalise(image: torch.Tensor) -> torch.Tensor:
+    """Another per-sample transform (exercise 04): mirror the 8x8 image left to right, then
+    `normalise` it. Written one row of pixels at a time, as per-sample code often is."""
+    rows = [image[row * 8:(row + 1) * 8].flip(0) for row in range(8)]
+    return normalise(torch.cat(rows))
+
+
 def _metadata(index: int, raw: np.ndarray) -> dict:
     data = raw.astype(np.uint8).tobytes()
     return {
@@ -162,9 +169,16 @@ class SlowDigits(Dataset):
         return item
 
     def expected_images(self, normalised: bool = True) -> torch.Tensor:
-        """Every example's image, computed here without the latency: what a pipeline must yield."""
+        """Every example's image, computed here without the latency: what a pipeline must yield.
+
+        With ``normalised=True`` each image goes through the dataset's `transform` (`normalise`
+        unless another was given), one example at a time, as `__getitem__` does; with
+        ``normalised=False`` the images are only preprocessed.
+        """
         images = torch.stack([preprocess(raw) for raw in self._raw])
-        return normalise(images) if normalised else images
+        if not normalised or self.transform is None:
+            return images
+        return torch.stack([self.transform(image) for image in images])
 
     def labels(self) -> torch.Tensor:
         """Every example's label, in index order."""

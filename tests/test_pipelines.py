@@ -17,6 +17,7 @@ from course_lib.pipelines import (
     collect_batches,
     first_difference,
     make_sampler,
+    mirror_and_normalise,
     normalise,
     preprocess,
     time_pipeline,
@@ -48,6 +49,22 @@ def test_preprocess_scales_to_unit_range_and_blurs():
 def test_expected_images_agree_with_reading_every_item(fast_dataset):
     read = torch.stack([fast_dataset[i]["image"] for i in range(len(fast_dataset))])
     assert torch.equal(read, fast_dataset.expected_images())
+
+
+def test_mirror_and_normalise_mirrors_each_row_then_normalises():
+    image = torch.arange(64, dtype=torch.float32)
+    mirrored = mirror_and_normalise(image) * PIXEL_STD + PIXEL_MEAN
+    assert torch.allclose(mirrored[:8], torch.arange(7, -1, -1, dtype=torch.float32))
+    assert torch.allclose(mirrored[56:], torch.arange(63, 55, -1, dtype=torch.float32))
+    assert mirror_and_normalise(image).dtype == torch.float32
+
+
+def test_expected_images_apply_the_datasets_own_transform():
+    dataset = SlowDigits(size=12, latency_s=0, transform=mirror_and_normalise)
+    read = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    assert torch.equal(read, dataset.expected_images())
+    assert torch.equal(dataset.expected_images(normalised=False),
+                       dataset.with_options(transform=None).expected_images())
 
 
 def test_options_drop_the_transform_and_the_metadata_and_share_the_read_counter():
