@@ -1036,9 +1036,9 @@ def falls_case(name, splits, seed):
 
 FALLS_WRONG = [
     # a history handed in that does not come from the run
-    ("fabricated history", "is not the run", "seed with 0 right before building"),
+    ("fabricated history", "is not the run", "a fresh model from seeded_mlp(0)"),
     ("history trained on the balanced set", "is not the run", "a history made any other way"),
-    ("history without seeding", "is not the run", "seed with 0 right before building"),
+    ("history without seeding", "is not the run", "a fresh model from seeded_mlp(0)"),
     ("history trained longer", "is not the run", "nothing else changed"),
     ("history with the remedy", "is not the run", "nothing else changed"),
     # the run itself is not the imbalanced one

@@ -96,15 +96,15 @@ hint = make_hint({
     "stay: its first round(keep_fraction * n) entries (at least one). Add every position of the "
     "other classes and wrap the dataset in a Subset. For the two sets: cut the training split "
     "only, with seed 0; the validation split stays exactly as it is.",
-    "c": "At an evaluation: switch the model to eval mode, predict all of `val_inputs` without "
-    "gradients, take the argmax of the logits, then fill the record from those predictions and "
-    "the targets with your own per_class_accuracy. For history_before: seed with 0 right before "
-    "building a fresh MLP, and call train_and_log with its defaults.",
-    "d": "Count the examples of each class in the set `remedy` receives (not in a fixed list). "
-    "Class weights grow as a class gets rarer and go into the loss (CrossEntropyLoss's `weight`, "
-    "or FocalLoss's `alpha`). Oversampling gives every EXAMPLE the weight of its class and draws "
-    "with replacement, as many examples as the set holds. Return only `loss_fn` or `sampler`: "
-    "more epochs or a larger learning rate is not a remedy.",
+    "c": "At an evaluation the model should behave as it will when used: which mode is that, and "
+    "does it need gradients? Predict every validation example, then let your per_class_accuracy "
+    "from (a) do the counting. For history_before, start from seeded_mlp(0) and change nothing "
+    "else: the check replays exactly that run.",
+    "d": "Start from the counts of each class in the set `remedy` receives (not a fixed list). In "
+    "the loss: if class c has n_c examples and weight w_c, its total weight is n_c * w_c; what w_c "
+    "makes that the same for every class, and 1 on a balanced set? In the data: a sampler that "
+    "draws by weight needs one weight per EXAMPLE; what should an example of a rare class weigh, "
+    "and what happens to a class of 18 examples if none may be drawn twice?",
 })
 
 
@@ -1055,9 +1055,9 @@ def _compare_history(history, name: str, run_records: list[dict], how: str) -> N
                   if steps != replay_steps else f"they differ from record {first} on")
         raise CheckFailure(f"{name} is not the run it should be: the check replayed {how} "
                            f"({detail})",
-                           hint="re-run the cell as described: seed with 0 right before building "
-                           "a fresh MLP, pass train_set and val_set and nothing else changed; a "
-                           "history made any other way cannot be checked")
+                           hint="re-run the cell as described: a fresh model from seeded_mlp(0), "
+                           "train_set and val_set, and nothing else changed; a history made any "
+                           "other way cannot be checked")
 
 
 def _read_counts(run: dict, labels: torch.Tensor) -> list[int]:
@@ -1090,7 +1090,7 @@ def check_rare_class_falls(history_before, train_and_log, train_set, val_set, ra
             f"{read[rare_class] // epochs} examples of class {rare_class} per epoch)",
             hint="train on train_set, the imbalanced set of (b), with train_and_log's defaults")
     _compare_history(history_before, "history_before", records,
-                     "train_and_log on a fresh MLP seeded with 0, train_set and val_set")
+                     "train_and_log on seeded_mlp(0), train_set and val_set")
     passed(f"class {rare_class} ends {gap:.2f} below the mean over classes ({rare:.2f} against "
            f"{mean:.2f}, last {GAP_EVALUATIONS} evaluations), measured in a replay of your run; "
            "history_before is that run")
@@ -1289,8 +1289,7 @@ def check_remedy(remedy, history_after, train_and_log, train_set, val_set, rare_
             got=f"{others_after:.2f} (before: {others_before:.2f})",
             hint="the weights are too extreme: inverse class frequency is enough")
     _compare_history(history_after, "history_after", records,
-                     "train_and_log on a fresh MLP seeded with 0, train_set, val_set and "
-                     "**remedy(train_set)")
+                     "train_and_log on seeded_mlp(0), train_set, val_set and **remedy(train_set)")
     name = {"loss_fn": "the weighted loss", "sampler": "oversampling"}[kind]
     passed(f"{name} shrank the gap of class {rare_class} below the mean from {gap_before:.2f} to "
            f"{gap_after:.2f} in the check's own runs (its accuracy {rare_before:.2f} -> "
