@@ -10,6 +10,13 @@ Seeds: the tests run over CHECK_SEEDS seeds (2 by default; `CHECK_SEEDS=16` for 
 validation). The seed sets the check's own data (batch order and class names, the order of the
 tagged dataset, the training subset and the model of the logging run) and, for the training runs,
 the downsampling, the model and the data order. Each docstring below states the 16-seed result.
+
+Corpus sizes (wrong answers per check), before -> after closing the blind spots by kind:
+per_class_accuracy 14 -> 25 (the contract's type, a list of Python floats: 4; the 1e-7 tolerance
+float32 meets: 4; the num_classes argument: 3), make_imbalanced 14 -> 21 (the default seed=0: 3;
+the examples' dtypes: 4), the two sets 10 -> 14 (dtypes: 4), the logging loop 19 -> 32 (every
+evaluation of every epoch, over two epochs: 4; the records' types: 3; tolerance: 3; the loop's
+optimizer class and learning rate: 3), the rare class falls 8 -> 8, the remedy 21 -> 21.
 """
 
 import math
@@ -614,7 +621,7 @@ def test_imbalanced_split_check_says_not_implemented_for_unset_sets(splits):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name, what, hint", SPLIT_WRONG, ids=[n for n, _, _ in SPLIT_WRONG])
 def test_imbalanced_split_check_rejects_wrong_sets(splits, name, what, hint, seed):
-    """16 seeds: each of the 10 wrong pairs of sets fails on every seed, with its message and hint.
+    """16 seeds: each of the 14 wrong pairs of sets fails on every seed, with its message and hint.
     Three of them have exactly the class counts of the right sets."""
     train_set, val_set = two_sets(name, splits, seed)
     fails_with(check_imbalanced_split, train_set, val_set, splits, RARE_CLASS, KEEP_FRACTION,
