@@ -9,6 +9,11 @@ shows anything.
 
 The hook is called every step, so it must cost nothing when nothing new happened: it only compares
 the length of the history with what it has already shown, and never reads a tensor.
+
+Where widgets are not drawn (a notebook read on a code-hosting site), the view would show as
+`VBox(children=...`. So at the last step it replaces its own display with one that also holds a
+picture of the final plot and the last record as a line of text (`widgets.with_picture`): a live
+kernel keeps drawing the widget, a static viewer draws the picture.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import ipywidgets as widgets
 
 from course_lib.distributed import is_main_process
 from course_lib.plots import plot_history
-from course_lib.widgets import show_figure
+from course_lib.widgets import show_figure, with_picture
 
 
 def in_notebook() -> bool:
@@ -100,6 +105,8 @@ class LiveView:
         self._update_progress(state, records, now)
         if self._should_redraw(state, final, now):
             self._redraw(state)
+        if final:
+            self._leave_picture(state, records)
 
     # ---- internals -----------------------------------------------------------------------------
 
@@ -130,8 +137,18 @@ class LiveView:
         plot.add_class("course-live-plot")
         box = widgets.VBox([widgets.HBox([bar.container, label]), plot])
         box.add_class("course-live-view")
-        display(box)
-        return {"box": box, "bar": bar, "progress": progress, "label": label, "plot": plot}
+        # A display id, so that the last step can replace this output with one that carries a
+        # picture too (see the module's docstring).
+        from IPython.core.interactiveshell import InteractiveShell
+
+        handle = None
+        if InteractiveShell.initialized():
+            handle = display(with_picture(box, plot, "live view: training..."), raw=True,
+                             display_id=True)
+        else:  # mode="widgets" outside IPython (tests): nothing can be shown or updated
+            display(box)
+        return {"box": box, "bar": bar, "progress": progress, "label": label, "plot": plot,
+                "handle": handle}
 
     def _update_progress(self, state, records, now: float) -> None:
         for record in records[self._shown:]:
@@ -163,6 +180,14 @@ class LiveView:
         if self.every is not None:
             return state.step - self._drawn_step >= self.every
         return self._eval_count > self._drawn_eval_count
+
+    def _leave_picture(self, state, records) -> None:
+        """Replace the view's output with one that also shows the final plot and last record."""
+        last = format_record(records[-1], state.max_steps) if records else "no record"
+        handle = self._widgets.get("handle")
+        if handle is not None:
+            handle.update(with_picture(self._widgets["box"], self._widgets["plot"],
+                                       f"live view, finished: {last}"), raw=True)
 
     def _redraw(self, state) -> None:
         started = time.monotonic()

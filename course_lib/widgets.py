@@ -1,10 +1,17 @@
 """Interactive explorers for the lessons (schedules: lesson 02, number formats: lesson 03,
 smoothing and class imbalance: lesson 06).
 
-Each `*_explorer` function builds its widgets and returns the top box (a `VBox`) without displaying
-it: the notebook displays it, as the last value of a cell. Moving a slider redraws a plot in an
-`ipywidgets.Output` (sliders use `continuous_update=False`, so the redraw happens on release, not
-at every pixel of a drag).
+Each `*_explorer` function builds its widgets and returns the top box (an `Explorer`, a `VBox`)
+without displaying it: the notebook displays it, as the last value of a cell. Moving a slider
+redraws a plot in an `ipywidgets.Output` (sliders use `continuous_update=False`, so the redraw
+happens on release, not at every pixel of a drag).
+
+Where no widget can be drawn (a notebook read on a code-hosting site, a viewer without the widget
+manager), an explorer would show as `VBox(children=...`. So an `Explorer` displays itself with a
+picture of its plot (PNG) and a one-line description beside the widget's own view: a live kernel
+draws the widget, anything else draws the picture of the explorer's state when it was displayed
+(its initial state, when a notebook is executed top to bottom). `with_picture` does the same for
+any box, and `course_lib.live` uses it for the live view.
 
 What each redraw draws comes from a small pure function (`schedule_explorer_curve`,
 `float_formats_at`, `rounding_error_bounds`, and the plot functions of `course_lib.plots`), so the
@@ -59,6 +66,53 @@ def show_figure(output: widgets.Output, fig) -> None:
     )
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def current_picture(output: widgets.Output) -> str | None:
+    """The PNG (base64) that `output` shows now, or None."""
+    for item in output.outputs:
+        picture = item.get("data", {}).get("image/png")
+        if picture is not None:
+            return picture
+    return None
+
+
+def with_picture(box: widgets.Widget, plot: widgets.Output, text: str) -> dict:
+    """A display bundle for `box`: its widget view, the PNG `plot` shows now and `text`.
+
+    A front end draws the richest type it can: a live kernel with the widget manager draws the
+    widget; a static viewer (a code-hosting site, nbconvert without widget state) draws the
+    picture instead of the widget's `repr`; a terminal prints the text.
+    """
+    bundle = {"text/plain": text}
+    view = widgets.Widget._repr_mimebundle_(box) or {}
+    if WIDGET_VIEW in view:
+        bundle[WIDGET_VIEW] = view[WIDGET_VIEW]
+    picture = current_picture(plot)
+    if picture is not None:
+        bundle["image/png"] = picture
+    return bundle
+
+
+class Explorer(widgets.VBox):
+    """The top box of an explorer: a `VBox` that also leaves a picture of its plot in the output.
+
+    description: one line, the text a viewer that shows neither widgets nor pictures prints.
+    plot: the `Output` whose current picture stands in for the explorer where widgets are not drawn.
+    """
+
+    def __init__(self, children, *, plot: widgets.Output, description: str, **kwargs):
+        super().__init__(children, **kwargs)
+        self._plot = plot
+        self._description = description
+
+    def _repr_mimebundle_(self, **kwargs):
+        text = (f"{self._description} (interactive in a running notebook; the picture shows it "
+                "as displayed)")
+        return with_picture(self, self._plot, text)
+
+
 def find_child(widget, css_class: str):
     """The first widget inside `widget` (itself included) that has the CSS class `css_class`."""
     if css_class in getattr(widget, "_dom_classes", ()):
@@ -98,7 +152,9 @@ def smoothing_explorer(values, weight: float = 0.9) -> widgets.VBox:
 
     slider.observe(redraw, names="value")
     redraw()
-    return _with_class(widgets.VBox([slider, plot]), "course-smoothing-explorer")
+    return _with_class(Explorer([slider, plot], plot=plot,
+                                description="Smoothing explorer: a slider for the EMA weight"),
+                       "course-smoothing-explorer")
 
 
 # ---- class imbalance (lesson 06) ------------------------------------------------------------
@@ -157,7 +213,9 @@ def imbalance_explorer(train_and_eval, rare_class: int = 0,
 
     slider.observe(on_change, names="value")
     redraw()  # an error here reaches the cell that builds the explorer
-    return _with_class(widgets.VBox([widgets.HBox([slider, status]), plot]),
+    return _with_class(Explorer([widgets.HBox([slider, status]), plot], plot=plot,
+                                description=f"Imbalance explorer: a slider for the share of class "
+                                f"{rare_class} kept"),
                        "course-imbalance-explorer")
 
 
@@ -222,7 +280,10 @@ def schedule_explorer(total_steps: int = 1000, warmup_steps: int | None = None,
         control.observe(redraw, names="value")
     redraw()
     controls = widgets.VBox([kind_menu, warmup_slider, total_slider, ratio_slider])
-    return _with_class(widgets.VBox([controls, plot]), "course-schedule-explorer")
+    return _with_class(Explorer([controls, plot], plot=plot,
+                                description="Schedule explorer: schedule kind, warmup, length and "
+                                "minimum LR ratio"),
+                       "course-schedule-explorer")
 
 
 # ---- number formats (lesson 03) -------------------------------------------------------------
@@ -331,4 +392,7 @@ def format_explorer(value: float = 1e-4) -> widgets.VBox:
 
     slider.observe(redraw, names="value")
     redraw()
-    return _with_class(widgets.VBox([slider, table, plot]), "course-format-explorer")
+    return _with_class(Explorer([slider, table, plot], plot=plot,
+                                description="Number-format explorer: a slider over magnitudes "
+                                "1e-10..1e6"),
+                       "course-format-explorer")

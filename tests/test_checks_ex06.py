@@ -10,6 +10,13 @@ Seeds: the tests run over CHECK_SEEDS seeds (2 by default; `CHECK_SEEDS=16` for 
 validation). The seed sets the check's own data (batch order and class names, the order of the
 tagged dataset, the training subset and the model of the logging run) and, for the training runs,
 the downsampling, the model and the data order. Each docstring below states the 16-seed result.
+
+Corpus sizes (wrong answers per check), before -> after closing the blind spots by kind:
+per_class_accuracy 14 -> 25 (the contract's type, a list of Python floats: 4; the 1e-7 tolerance
+float32 meets: 4; the num_classes argument: 3), make_imbalanced 14 -> 21 (the default seed=0: 3;
+the examples' dtypes: 4), the two sets 10 -> 14 (dtypes: 4), the logging loop 19 -> 32 (every
+evaluation of every epoch, over two epochs: 4; the records' types: 3; tolerance: 3; the loop's
+optimizer class and learning rate: 3), the rare class falls 8 -> 8, the remedy 21 -> 21.
 """
 
 import math
@@ -96,18 +103,80 @@ def loop_per_class_accuracy(preds, targets, num_classes):
 
 
 def tensor_per_class_accuracy(preds, targets, num_classes):
-    """A correct answer with bincount, returning a tensor."""
-    totals = torch.bincount(targets, minlength=num_classes).double()
-    correct = torch.bincount(targets[preds == targets], minlength=num_classes).double()
-    return torch.where(totals > 0, correct / totals.clamp(min=1), torch.tensor(math.nan))
+    """A correct answer with bincount in float32 (within the stated 1e-7), turned into a list."""
+    totals = torch.bincount(targets, minlength=num_classes).float()
+    correct = torch.bincount(targets[preds == targets], minlength=num_classes).float()
+    return torch.where(totals > 0, correct / totals.clamp(min=1), torch.tensor(math.nan)).tolist()
 
 
 def numpy_per_class_accuracy(preds, targets, num_classes):
-    """A correct answer in NumPy, returning an array."""
+    """A correct answer in NumPy, turned into a list."""
     preds, targets = preds.numpy(), targets.numpy()
     with np.errstate(invalid="ignore"):
         return np.array([np.mean(preds[targets == c] == c) if (targets == c).any() else np.nan
-                         for c in range(num_classes)])
+                         for c in range(num_classes)]).tolist()
+
+
+# The contract's type is a list of Python floats: a tensor, an array or one-element tensors are not.
+def returns_a_tensor(preds, targets, num_classes):
+    return torch.tensor(loop_per_class_accuracy(preds, targets, num_classes), dtype=torch.float64)
+
+
+def returns_an_array(preds, targets, num_classes):
+    return np.array(loop_per_class_accuracy(preds, targets, num_classes), dtype=np.float32)
+
+
+def list_of_one_element_tensors(preds, targets, num_classes):
+    """The usual slip: (preds[mask] == c).float().mean() without .item()."""
+    return [(preds[targets == c] == c).float().mean() if (targets == c).any()
+            else torch.tensor(math.nan) for c in range(num_classes)]
+
+
+def list_of_numpy_float32(preds, targets, num_classes):
+    return [np.float32(v) for v in loop_per_class_accuracy(preds, targets, num_classes)]
+
+
+# Tolerance: the contract's 1e-7 is what float32 division keeps; these are further off.
+def rounded_to_five_decimals(preds, targets, num_classes):
+    return [round(v, 5) for v in loop_per_class_accuracy(preds, targets, num_classes)]
+
+
+def rounded_to_six_decimals(preds, targets, num_classes):
+    return [round(v, 6) for v in loop_per_class_accuracy(preds, targets, num_classes)]
+
+
+def epsilon_in_the_denominator(preds, targets, num_classes):
+    """A "safe" division that is no longer the ratio, with NaN kept for absent classes."""
+    result = []
+    for c in range(num_classes):
+        count = int((targets == c).sum())
+        correct = int(((preds == c) & (targets == c)).sum())
+        result.append(correct / (count + 1e-6) if count else math.nan)
+    return result
+
+
+def half_precision(preds, targets, num_classes):
+    totals = torch.bincount(targets, minlength=num_classes).half()
+    correct = torch.bincount(targets[preds == targets], minlength=num_classes).half()
+    return torch.where(totals > 0, correct / totals.clamp(min=1),
+                       torch.tensor(math.nan, dtype=torch.half)).tolist()
+
+
+# num_classes is an argument the contract names; these answers ignore it.
+def ten_classes_hard_coded(preds, targets, num_classes):
+    return loop_per_class_accuracy(preds, targets, 10)
+
+
+def classes_from_the_labels_seen(preds, targets, num_classes):
+    seen = int(max(preds.max(), targets.max())) + 1
+    return loop_per_class_accuracy(preds, targets, seen)
+
+
+def the_notebooks_constant(preds, targets, num_classes):
+    """The notebook's NUM_CLASSES read instead of the argument, with bincount."""
+    totals = torch.bincount(targets, minlength=NUM_CLASSES)
+    correct = torch.bincount(targets[preds == targets], minlength=NUM_CLASSES)
+    return [k / n if n else math.nan for k, n in zip(correct.tolist(), totals.tolist())]
 
 
 def overall_for_every_class(preds, targets, num_classes):
@@ -200,6 +269,21 @@ PER_CLASS_WRONG = [
     (delegates_to_course_lib, "course_lib.metrics.per_class_accuracy", "write it yourself"),
     (delegates_through_the_confusion_matrix, "the library's own", "write it yourself"),
     (delegates_to_scikit_learn, "recall_score", "write it yourself"),
+    # the contract's type (a list of Python floats)
+    (returns_a_tensor, "is a Tensor, not a list", ".tolist()"),
+    (returns_an_array, "is a ndarray, not a list", ".tolist()"),
+    (list_of_one_element_tensors, "holds a Tensor", ".item() on a one-element tensor"),
+    (list_of_numpy_float32, "holds a float32", "float() on a NumPy number"),
+    # tolerance: 1e-7, what float32 keeps
+    (rounded_to_five_decimals, "differs from the per-class recall", "entry c of the list"),
+    (rounded_to_six_decimals, "differs from the per-class recall", "entry c of the list"),
+    (epsilon_in_the_denominator, "differs from the per-class recall", "entry c of the list"),
+    (half_precision, "differs from the per-class recall", "entry c of the list"),
+    # the num_classes argument
+    (ten_classes_hard_coded, "num_classes=12) returned 10 values", "use the num_classes argument"),
+    (classes_from_the_labels_seen, "num_classes=12) returned 10 values",
+     "use the num_classes argument"),
+    (the_notebooks_constant, "num_classes=12) returned 10 values", "not a fixed 10"),
 ]
 
 
@@ -220,7 +304,7 @@ def test_per_class_accuracy_check_says_not_implemented_for_a_stub():
 @pytest.mark.parametrize("answer, what, hint", PER_CLASS_WRONG,
                          ids=[f"{a.__name__}-{i}" for i, (a, _, _) in enumerate(PER_CLASS_WRONG)])
 def test_per_class_accuracy_check_rejects_wrong_answers(answer, what, hint, seed):
-    """16 seeds: each of the 14 wrong answers fails on every seed, with its own message and hint."""
+    """16 seeds: each of the 25 wrong answers fails on every seed, with its own message and hint."""
     fails_with(check_per_class_accuracy, answer, seed=seed, what=what, hint=hint)
 
 
@@ -344,6 +428,52 @@ def delegates_downsampling(dataset, cls, keep_fraction, seed=0):
     return course_lib.downsample_class(dataset, cls, keep_fraction, seed)
 
 
+# The signature's default, seed=0, changed or ignored.
+def default_seed_none(dataset, cls, keep_fraction, seed=None):
+    """seed=None falls back to the global generator: a call without a seed is not seed 0."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return keep_from(dataset, cls, keep_fraction, lambda of_class, count:
+                     of_class[torch.randperm(len(of_class), generator=generator)[:count]])
+
+
+def default_seed_42(dataset, cls, keep_fraction, seed=42):
+    return reference_make_imbalanced(dataset, cls, keep_fraction, seed)
+
+
+def default_unseeded_generator(dataset, cls, keep_fraction, seed=None):
+    """A generator of its own, seeded only when a seed is given: its default seed is not 0."""
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    return keep_from(dataset, cls, keep_fraction, lambda of_class, count:
+                     of_class[torch.randperm(len(of_class), generator=generator)[:count]])
+
+
+# The examples' types: the same examples, converted on the way.
+def rebuilt_with_float_labels(dataset, cls, keep_fraction, seed=0):
+    kept = torch.tensor(reference_make_imbalanced(dataset, cls, keep_fraction, seed).indices)
+    features, labels = dataset.tensors
+    return TensorDataset(features[kept], labels[kept].float())
+
+
+def rebuilt_through_numpy(dataset, cls, keep_fraction, seed=0):
+    """np.array of the features gives float64 once they pass through a Python list."""
+    kept = reference_make_imbalanced(dataset, cls, keep_fraction, seed).indices
+    features = torch.tensor(np.array([dataset[i][0].tolist() for i in kept]))
+    return TensorDataset(features, dataset.tensors[1][kept])
+
+
+def rebuilt_with_int32_labels(dataset, cls, keep_fraction, seed=0):
+    kept = reference_make_imbalanced(dataset, cls, keep_fraction, seed).indices
+    labels = torch.from_numpy(np.array([int(dataset[i][1]) for i in kept], dtype=np.int32))
+    return TensorDataset(dataset.tensors[0][kept], labels)
+
+
+def list_of_pairs_with_int_labels(dataset, cls, keep_fraction, seed=0):
+    kept = reference_make_imbalanced(dataset, cls, keep_fraction, seed).indices
+    return [(dataset[i][0], int(dataset[i][1])) for i in kept]
+
+
 MAKE_IMBALANCED_WRONG = [
     (every_class_downsampled, "also lost examples of other classes", "downsample class 3 only"),
     (class_removed, "has no example of class", "keep at least one example"),
@@ -359,6 +489,15 @@ MAKE_IMBALANCED_WRONG = [
     (lambda *args, **kwargs: None, "returned None", "return the new dataset"),
     (delegates_downsampling, "course_lib.data.downsample_class", "write it yourself"),
     (course_lib.downsample_class, "course_lib.data.downsample_class", "write it yourself"),
+    # the default seed
+    (default_seed_none, "without a seed kept other examples", "default is seed=0"),
+    (default_seed_42, "without a seed kept other examples", "default is seed=0"),
+    (default_unseeded_generator, "without a seed kept other examples", "default is seed=0"),
+    # the examples' types
+    (rebuilt_with_float_labels, "the label of", "converts nothing"),
+    (rebuilt_through_numpy, "the features of", "converts nothing"),
+    (rebuilt_with_int32_labels, "the label of", "converts nothing"),
+    (list_of_pairs_with_int_labels, "the label of", "converts nothing"),
 ]
 
 
@@ -379,7 +518,7 @@ def test_make_imbalanced_check_says_not_implemented_for_a_stub():
 @pytest.mark.parametrize("answer, what, hint", MAKE_IMBALANCED_WRONG,
                          ids=[f"{i}" for i in range(len(MAKE_IMBALANCED_WRONG))])
 def test_make_imbalanced_check_rejects_wrong_answers(answer, what, hint, seed):
-    """16 seeds: each of the 14 wrong answers fails on every seed, with its own message and hint."""
+    """16 seeds: each of the 21 wrong answers fails on every seed, with its own message and hint."""
     fails_with(check_make_imbalanced, answer, seed=seed, what=what, hint=hint)
 
 
@@ -426,6 +565,19 @@ def two_sets(name, splits, seed):
         return reference_make_imbalanced(splits.train, RARE_CLASS, KEEP_FRACTION, seed + 1), val
     if name == "train cut another class":
         return reference_make_imbalanced(splits.train, RARE_CLASS - 1, KEEP_FRACTION, seed), val
+    if name == "val in float64":
+        features, labels = val.tensors
+        return right_train, TensorDataset(features.double(), labels)
+    if name == "val with float labels":
+        features, labels = val.tensors
+        return right_train, TensorDataset(features, labels.float())
+    if name == "train with float labels":
+        kept = torch.tensor(right_train.indices)
+        return TensorDataset(splits.train.tensors[0][kept], splits.train.tensors[1][kept].float()), val
+    if name == "train through numpy":  # int32 labels where NumPy's default integer is 32 bits
+        kept = right_train.indices
+        labels = torch.from_numpy(splits.train.tensors[1][kept].numpy().astype(np.int32))
+        return TensorDataset(splits.train.tensors[0][kept], labels), val
     if name == "train with validation examples":
         both = torch.utils.data.ConcatDataset([right_train, Subset(val, list(range(20)))])
         return both, val
@@ -443,6 +595,11 @@ SPLIT_WRONG = [
     ("train with another seed, same counts", "than make_imbalanced picks", "seed="),
     ("train cut another class", "cut class 7 instead of class 8", "the class to cut is 8"),
     ("train with validation examples", "not in splits.train", "cut splits.train only"),
+    # the examples' types: the same values, converted
+    ("val in float64", "the features of val_set", "converts nothing"),
+    ("val with float labels", "the label of val_set", "converts nothing"),
+    ("train with float labels", "the label of train_set", "converts nothing"),
+    ("train through numpy", "the label of train_set", "converts nothing"),
 ]
 
 
@@ -464,7 +621,7 @@ def test_imbalanced_split_check_says_not_implemented_for_unset_sets(splits):
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name, what, hint", SPLIT_WRONG, ids=[n for n, _, _ in SPLIT_WRONG])
 def test_imbalanced_split_check_rejects_wrong_sets(splits, name, what, hint, seed):
-    """16 seeds: each of the 10 wrong pairs of sets fails on every seed, with its message and hint.
+    """16 seeds: each of the 14 wrong pairs of sets fails on every seed, with its message and hint.
     Three of them have exactly the class counts of the right sets."""
     train_set, val_set = two_sets(name, splits, seed)
     fails_with(check_imbalanced_split, train_set, val_set, splits, RARE_CLASS, KEEP_FRACTION,
@@ -483,7 +640,8 @@ def test_the_same_count_wrong_sets_really_have_the_right_counts(splits):
 
 
 def make_train_and_log(record, *, train_mode=True, evaluate_at_the_end=False, data=None,
-                       use_loss_fn=True, use_sampler=True):
+                       use_loss_fn=True, use_sampler=True, optimizer=None, step_per_epoch=False,
+                       history_per_epoch=False, eval_at_epoch_end=False):
     """The exercise's loop, with `record(model, val_inputs, val_targets, step, state)` as the
     learner's evaluation lines (`state` is a dict the record may keep things in). The keywords
     make the loop itself wrong in one way each."""
@@ -497,19 +655,25 @@ def make_train_and_log(record, *, train_mode=True, evaluate_at_the_end=False, da
                             shuffle=sampler is None, sampler=sampler,
                             generator=torch.Generator().manual_seed(seed))
         val_inputs, val_targets = next(iter(DataLoader(val_set, batch_size=len(val_set))))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        optimizer_ = (optimizer or (lambda params: torch.optim.AdamW(params, lr=3e-3)))(
+            model.parameters())
         total_steps = epochs * len(loader)
         history, step, state, later = [], 0, {"train_set": train_set}, []
         for _ in range(epochs):
-            for inputs, targets in loader:
+            if step_per_epoch:
+                step = 0
+            if history_per_epoch:
+                history = []
+            for index, (inputs, targets) in enumerate(loader):
                 if train_mode:
                     model.train()
                 loss = loss_fn(model(inputs), targets)
-                optimizer.zero_grad()
+                optimizer_.zero_grad()
                 loss.backward()
-                optimizer.step()
+                optimizer_.step()
                 step += 1
-                if step % eval_every == 0 or step == total_steps:
+                last = index == len(loader) - 1 if eval_at_epoch_end else step == total_steps
+                if step % eval_every == 0 or last:
                     if evaluate_at_the_end:
                         later.append(step)
                     else:
@@ -643,6 +807,49 @@ def library_per_class_record(model, val_inputs, val_targets, step, state):
                                                                      NUM_CLASSES)}
 
 
+def tensor_accuracy_record(model, val_inputs, val_targets, step, state):
+    """eval_accuracy without .item(): a 0-dim tensor in the history."""
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    preds = predict(model, val_inputs)
+    return {**record, "eval_accuracy": (preds == val_targets).float().mean()}
+
+
+def tensor_per_class_record(model, val_inputs, val_targets, step, state):
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    return {**record, "eval_per_class_accuracy": torch.tensor(record["eval_per_class_accuracy"])}
+
+
+def one_element_tensors_record(model, val_inputs, val_targets, step, state):
+    preds = predict(model, val_inputs)
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    rates = [(preds[val_targets == c] == c).float().mean() for c in range(NUM_CLASSES)]
+    return {**record, "eval_per_class_accuracy": rates}
+
+
+def accuracy_rounded_record(model, val_inputs, val_targets, step, state):
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    return {**record, "eval_accuracy": round(record["eval_accuracy"], 3)}
+
+
+def accuracy_in_half_record(model, val_inputs, val_targets, step, state):
+    preds = predict(model, val_inputs)
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    return {**record, "eval_accuracy": (preds == val_targets).half().mean().item()}
+
+
+def per_class_rounded_to_six_record(model, val_inputs, val_targets, step, state):
+    record = correct_record(model, val_inputs, val_targets, step, state)
+    return {**record, "eval_per_class_accuracy": [round(v, 6) for v in
+                                                  record["eval_per_class_accuracy"]]}
+
+
+def batch_index_as_step(*args, **kwargs):
+    """Records the step within the epoch: the second epoch's records repeat small numbers."""
+    history = make_train_and_log(correct_record)(*args, **kwargs)
+    per_epoch = math.ceil(len(args[1]) / kwargs.get("batch_size", 64))
+    return [{**r, "step": (r["step"] - 1) % per_epoch + 1} for r in history]
+
+
 def only_some_evaluations(*args, **kwargs):
     def only_after_step_3(model, val_inputs, val_targets, step, state):
         return correct_record(model, val_inputs, val_targets, step, state) if step > 3 else {}
@@ -678,12 +885,36 @@ LOGGING_WRONG = [
     (make_train_and_log(counts_record), "above 1", "not counts"),
     (make_train_and_log(missing_key_record), "has no 'eval_per_class_accuracy'", "at EVERY"),
     (make_train_and_log(missing_accuracy_record), "has no 'eval_accuracy'", "'eval_accuracy'"),
-    (only_some_evaluations, "one record per evaluation", "exactly one record each time"),
+    (only_some_evaluations, "one record per evaluation", "should evaluate after steps [3, 6, 9, 10]"),
     (lambda *args, **kwargs: None, "returned None", "return the history"),
     # delegation
     (make_train_and_log(library_evaluate_record), "course_lib.loop.evaluate", "YOUR"),
     (make_train_and_log(library_per_class_record), "course_lib.metrics.per_class_accuracy",
      "YOUR"),
+    # every evaluation of every epoch (the check's run has two)
+    (make_train_and_log(correct_record, step_per_epoch=True), "one record per evaluation",
+     "the count goes on across epochs"),
+    (make_train_and_log(correct_record, history_per_epoch=True), "one record per evaluation",
+     "records of the first epoch are gone"),
+    (make_train_and_log(correct_record, eval_at_epoch_end=True), "one record per evaluation",
+     "not at the end of each epoch"),
+    (batch_index_as_step, "the records' steps", "number of optimizer steps taken so far"),
+    # the records' types
+    (make_train_and_log(tensor_accuracy_record), "eval_accuracy is a Tensor", ".item()"),
+    (make_train_and_log(tensor_per_class_record), "is a Tensor, not a list", ".tolist()"),
+    (make_train_and_log(one_element_tensors_record), "holds a Tensor", ".item()"),
+    # tolerance (1e-7)
+    (make_train_and_log(accuracy_rounded_record), "eval_accuracy", "predicted correctly"),
+    (make_train_and_log(accuracy_in_half_record), "eval_accuracy", "predicted correctly"),
+    (make_train_and_log(per_class_rounded_to_six_record), "does not match the model's",
+     "argmax of the logits"),
+    # the loop's optimizer
+    (make_train_and_log(correct_record, optimizer=lambda p: torch.optim.SGD(p, lr=0.1)),
+     "another optimizer", "LEARNING_RATE"),
+    (make_train_and_log(correct_record, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3)),
+     "another optimizer", "LEARNING_RATE"),
+    (make_train_and_log(correct_record, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)),
+     "another optimizer", "LEARNING_RATE"),
 ]
 
 
@@ -707,7 +938,7 @@ def test_per_class_logging_check_says_not_implemented_for_a_stub():
 @pytest.mark.parametrize("answer, what, hint", LOGGING_WRONG,
                          ids=[str(i) for i in range(len(LOGGING_WRONG))])
 def test_per_class_logging_check_rejects_wrong_loops(answer, what, hint, seed):
-    """16 seeds: each of the 19 wrong loops fails on every seed, with its own message and hint."""
+    """16 seeds: each of the 32 wrong loops fails on every seed, with its own message and hint."""
     fails_with(check_per_class_logging, answer, seed=seed, what=what, hint=hint)
 
 
@@ -812,9 +1043,9 @@ def falls_case(name, splits, seed):
 
 FALLS_WRONG = [
     # a history handed in that does not come from the run
-    ("fabricated history", "is not the run", "seed with 0 right before building"),
+    ("fabricated history", "is not the run", "a fresh model from seeded_mlp(0)"),
     ("history trained on the balanced set", "is not the run", "a history made any other way"),
-    ("history without seeding", "is not the run", "seed with 0 right before building"),
+    ("history without seeding", "is not the run", "a fresh model from seeded_mlp(0)"),
     ("history trained longer", "is not the run", "nothing else changed"),
     ("history with the remedy", "is not the run", "nothing else changed"),
     # the run itself is not the imbalanced one

@@ -12,6 +12,8 @@ import pytest
 from course_lib.history import History
 from course_lib.live import LiveView, format_record, in_notebook
 from course_lib.widgets import (
+    WIDGET_VIEW,
+    Explorer,
     find_child,
     float_formats_at,
     format_explorer,
@@ -196,6 +198,35 @@ def test_format_explorer_updates_table_and_plot():
     assert _picture(plot) != before_plot
 
 
+EXPLORERS = {
+    "smoothing": lambda: smoothing_explorer([1.0, 3.0, 0.5, 2.0, 0.2, 1.5], weight=0.9),
+    "imbalance": lambda: imbalance_explorer(lambda f: [0.9, f, 0.8], rare_class=1,
+                                            fractions=(0.1, 1.0)),
+    "schedule": lambda: schedule_explorer(total_steps=100),
+    "format": lambda: format_explorer(1e-4),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPLORERS))
+def test_every_explorer_displays_a_picture_beside_its_widget_view(name):
+    """A static viewer draws the PNG instead of `VBox(children=...`; a kernel draws the widget."""
+    box = EXPLORERS[name]()
+    assert isinstance(box, Explorer)
+    plot = find_child(box, f"course-{name}-explorer-plot")
+    bundle = box._repr_mimebundle_()
+    assert bundle[WIDGET_VIEW]["model_id"] == box.model_id
+    assert bundle["image/png"] == _picture(plot)
+    assert "VBox(" not in bundle["text/plain"] and "explorer" in bundle["text/plain"]
+
+
+def test_an_explorer_displayed_again_shows_its_current_picture():
+    box = EXPLORERS["smoothing"]()
+    first = box._repr_mimebundle_()["image/png"]
+    find_child(box, "course-smoothing-weight").value = 0.0
+    assert box._repr_mimebundle_()["image/png"] == _picture(
+        find_child(box, "course-smoothing-explorer-plot")) != first
+
+
 def test_find_child_names_a_missing_class():
     with pytest.raises(LookupError, match="course-nothing"):
         find_child(ipywidgets.VBox([ipywidgets.Label()]), "course-nothing")
@@ -288,6 +319,28 @@ def test_live_view_widgets_mode_updates_bar_label_and_plot(capsys):
     view(_state(history, 20))  # the final step always redraws
     assert progress.value == 20 and _picture(plot) != first
     assert plt.get_fignums() == []
+
+
+def test_live_view_leaves_a_picture_of_the_final_plot_at_the_last_step():
+    updates = []
+
+    class Handle:  # what IPython's display(..., display_id=True) returns inside a kernel
+        def update(self, bundle, raw=False):
+            updates.append((bundle, raw))
+
+    history = History([_train_record(1), _eval_record(1)])
+    view = LiveView(mode="widgets", min_interval_s=0.0)
+    view(_state(history, 1))
+    view._widgets["handle"] = Handle()
+    history.append(_train_record(19))
+    view(_state(history, 19))
+    assert updates == []  # not finished: the display stays as it is
+    history.append(_train_record(20))
+    view(_state(history, 20))
+    [(bundle, raw)] = updates
+    assert raw and bundle[WIDGET_VIEW]["model_id"] == view._widgets["box"].model_id
+    assert bundle["image/png"] == _picture(view._widgets["plot"])
+    assert "finished" in bundle["text/plain"] and "step 20/20" in bundle["text/plain"]
 
 
 def test_live_view_widgets_mode_throttles_redraws():

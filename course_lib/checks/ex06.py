@@ -77,8 +77,15 @@ SAMPLER_DRAWS = (0.8, 1.25)
 # Passes drawn to measure a sampler: 20 passes draw a class of 18 examples about 360 times even
 # unweighted, so its measured favour is within 5 % of the truth.
 SAMPLER_PASSES = 20
-# Tolerance for a logged rate against the check's own count: float32 arithmetic is enough.
-TOLERANCE = 1e-5
+# Tolerance for a rate against the check's own count. The reference divides two whole numbers in
+# float64; the same division in float32 is within 6e-8 of it (half a float32 step below 1), so
+# float32 arithmetic passes and a rounded or nudged value (round(v, 6), a + 1e-6 in the
+# denominator) does not. The solution notebook states it next to the contract.
+TOLERANCE = 1e-7
+# The optimizer and learning rate of the exercise's loop (given code): a record of a run with
+# another optimizer describes another run than the one the checks replay.
+OPTIMIZER = torch.optim.AdamW
+LEARNING_RATE = 3e-3
 
 hint = make_hint({
     "a": "Work class by class. A boolean mask `targets == c` selects the examples whose TRUE label "
@@ -89,15 +96,15 @@ hint = make_hint({
     "stay: its first round(keep_fraction * n) entries (at least one). Add every position of the "
     "other classes and wrap the dataset in a Subset. For the two sets: cut the training split "
     "only, with seed 0; the validation split stays exactly as it is.",
-    "c": "At an evaluation: switch the model to eval mode, predict all of `val_inputs` without "
-    "gradients, take the argmax of the logits, then fill the record from those predictions and "
-    "the targets with your own per_class_accuracy. For history_before: seed with 0 right before "
-    "building a fresh MLP, and call train_and_log with its defaults.",
-    "d": "Count the examples of each class in the set `remedy` receives (not in a fixed list). "
-    "Class weights grow as a class gets rarer and go into the loss (CrossEntropyLoss's `weight`, "
-    "or FocalLoss's `alpha`). Oversampling gives every EXAMPLE the weight of its class and draws "
-    "with replacement, as many examples as the set holds. Return only `loss_fn` or `sampler`: "
-    "more epochs or a larger learning rate is not a remedy.",
+    "c": "At an evaluation the model should behave as it will when used: which mode is that, and "
+    "does it need gradients? Predict every validation example, then let your per_class_accuracy "
+    "from (a) do the counting. For history_before, start from seeded_mlp(0) and change nothing "
+    "else: the check replays exactly that run.",
+    "d": "Start from the counts of each class in the set `remedy` receives (not a fixed list). In "
+    "the loss: if class c has n_c examples and weight w_c, its total weight is n_c * w_c; what w_c "
+    "makes that the same for every class, and 1 on a balanced set? In the data: a sampler that "
+    "draws by weight needs one weight per EXAMPLE; what should an example of a rare class weigh, "
+    "and what happens to a class of 18 examples if none may be drawn twice?",
 })
 
 
@@ -139,9 +146,11 @@ class _StepCounter:
     def __init__(self, after_step=None):
         self.steps = 0
         self.after_step = after_step
+        self.optimizers = set()  # (class, learning rate) of every step taken
 
     def _hook(self, optimizer, args, kwargs):
         self.steps += 1
+        self.optimizers.add((type(optimizer), optimizer.param_groups[0].get("lr")))
         if self.after_step is not None:
             self.after_step(self.steps)
 
@@ -212,6 +221,23 @@ def _to_floats(value, what: str, length: int) -> list[float]:
     return floats
 
 
+def _require_float_list(value, what: str) -> None:
+    """The contract's type: a list of Python floats (what course_lib's history holds and JSON
+    writes), not a tensor, an array or a list of one-element tensors."""
+    if not isinstance(value, list):
+        raise CheckFailure(f"{what} is a {type(value).__name__}, not a list",
+                           expected="a list of Python floats", got=type(value).__name__,
+                           hint="the contract asks for a list of floats, like the records of "
+                           "course_lib's history: .tolist() turns a tensor or an array into one")
+    odd = next((v for v in value if not isinstance(v, float)), None)
+    if odd is not None:
+        kind = type(odd).__name__ + (f" ({odd.dtype})" if hasattr(odd, "dtype") else "")
+        raise CheckFailure(f"{what} holds a {kind}, not a Python float",
+                           expected="a list of Python floats", got=f"an entry {odd!r}"[:80],
+                           hint="make each entry a Python float: .item() on a one-element "
+                           "tensor, float() on a NumPy number")
+
+
 def _recall(preds: torch.Tensor, targets: torch.Tensor, num_classes: int = NUM_CLASSES) -> list:
     """The reference: per-class recall from counts, NaN where a class has no examples."""
     preds, targets = torch.as_tensor(preds).long(), torch.as_tensor(targets).long()
@@ -226,12 +252,34 @@ def _row_keys(features: torch.Tensor) -> list[bytes]:
     return [row.tobytes() for row in flat.numpy()]
 
 
-def _examples(dataset, what: str) -> tuple[list[bytes], list[int]]:
+def _require_item_like(features, label, reference: tuple, what: str) -> None:
+    """An example keeps the type, dtype and shape its dataset gave it: float labels make
+    CrossEntropyLoss read them as probabilities, float64 features make the model's matmul fail, and
+    both pass any comparison made after a conversion."""
+    for value, ref, name in ((features, reference[0], "features"), (label, reference[1], "label")):
+        expected = f"a {type(ref).__name__}" + (
+            f" of dtype {ref.dtype}, shape {tuple(ref.shape)}" if isinstance(ref, torch.Tensor)
+            else "")
+        same = type(value) is type(ref) and (
+            not isinstance(ref, torch.Tensor)
+            or (value.dtype == ref.dtype and tuple(value.shape) == tuple(ref.shape)))
+        if not same:
+            got = type(value).__name__ + (
+                f" of dtype {value.dtype}, shape {tuple(value.shape)}"
+                if isinstance(value, (torch.Tensor, np.ndarray)) else "")
+            raise CheckFailure(f"the {name} of {what} changed type", expected=expected, got=got,
+                               hint="keep each example exactly as the dataset holds it: a Subset "
+                               "of the dataset converts nothing")
+
+
+def _examples(dataset, what: str, reference=None) -> tuple[list[bytes], list[int]]:
     """The (features key, label) of every example of a dataset of (features, label) pairs."""
     if dataset is None:
         raise NotImplementedYet(what)
     if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
         features, labels = dataset.tensors
+        if reference is not None and len(labels):
+            _require_item_like(features[0], labels[0], reference, what)
         return _row_keys(features), [int(y) for y in labels]
     try:
         length = len(dataset)
@@ -248,6 +296,8 @@ def _examples(dataset, what: str) -> tuple[list[bytes], list[int]]:
             raise CheckFailure(f"{what}[{i}] should be a (features, label) pair",
                                got=repr(item)[:60],
                                hint="keep the examples as they are: return a Subset") from None
+        if reference is not None:
+            _require_item_like(features, label, reference, f"{what}[{i}]")
         keys.append(_row_keys(torch.as_tensor(features).reshape(1, -1))[0])
         labels.append(int(label))
     return keys, labels
@@ -309,11 +359,11 @@ def _batch(sizes, correct, shift=3, seed=0, relabel=True):
     return names[torch.tensor(preds)][order], names[torch.tensor(targets)][order], names
 
 
-def _call_per_class(per_class_accuracy, preds, targets, absent):
+def _call_per_class(per_class_accuracy, preds, targets, absent, num_classes=NUM_CLASSES):
     """Call the learner's function under watch; a division by zero becomes a hint about NaN."""
     try:
         with CallWatch(_library_per_class()) as calls:
-            result = call_learner(per_class_accuracy, preds.clone(), targets.clone(), NUM_CLASSES,
+            result = call_learner(per_class_accuracy, preds.clone(), targets.clone(), num_classes,
                                   name="per_class_accuracy")
     except NotImplementedYet:
         raise
@@ -336,8 +386,8 @@ def check_per_class_accuracy(per_class_accuracy, *, seed: int = 0) -> None:
     """per_class_accuracy(preds, targets, num_classes): recall per class, NaN for an absent class."""
     preds, targets, _ = _batch([3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
                                [3, 2, 5, 1, 7, 4, 0, 10, 6, 9], seed=seed)
-    got = _to_floats(_call_per_class(per_class_accuracy, preds, targets, None),
-                     "per_class_accuracy(...)", NUM_CLASSES)
+    got_raw = _call_per_class(per_class_accuracy, preds, targets, None)
+    got = _to_floats(got_raw, "per_class_accuracy(...)", NUM_CLASSES)
     expected = _recall(preds, targets)
     overall = (preds == targets).double().mean().item()
     if any(v > 1.0 + 1e-9 for v in got if not math.isnan(v)):
@@ -367,6 +417,7 @@ def check_per_class_accuracy(per_class_accuracy, *, seed: int = 0) -> None:
                            f"{wrong}", expected=f"{expected[wrong]:.4f}", got=f"{got[wrong]:.4f}",
                            hint="for class c: (number of examples with target c AND prediction c) "
                            "/ (number of examples with target c); entry c of the list is class c")
+    _require_float_list(got_raw, "per_class_accuracy(...)")
 
     # A class absent from the middle (but predicted, wrongly, for others), then the last class
     # absent altogether: neither a target nor a prediction, so bincount without minlength is short.
@@ -398,8 +449,30 @@ def check_per_class_accuracy(per_class_accuracy, *, seed: int = 0) -> None:
                                "wrong", expected=_fmt(expected), got=_fmt(got),
                                hint="compute every class the same way, whether or not some class "
                                "is missing")
-    passed("per_class_accuracy matches the per-class recall and gives NaN for a class absent from "
-           "the batch")
+        _require_float_list(result, "per_class_accuracy(...)")
+
+    # num_classes is an argument: more classes than the batch's labels reach (10 and 11 absent),
+    # with int32 tensors, which the contract's "integer tensors" allows.
+    wider = NUM_CLASSES + 2
+    preds, targets = middle[0].to(torch.int32), middle[1].to(torch.int32)
+    result = _call_per_class(per_class_accuracy, preds, targets, NUM_CLASSES, num_classes=wider)
+    length = len(result) if isinstance(result, (list, tuple, torch.Tensor, np.ndarray)) else None
+    if length is not None and length != wider:
+        raise CheckFailure(f"per_class_accuracy(preds, targets, num_classes={wider}) returned "
+                           f"{length} values", expected=f"{wider} values",
+                           got=f"{length} values",
+                           hint="use the num_classes argument, not a fixed 10 or the largest "
+                           "label seen: classes absent from the batch still get an entry (NaN)")
+    got = _to_floats(result, f"per_class_accuracy(..., num_classes={wider})", wider)
+    expected = _recall(preds, targets, wider)
+    require(_all_close(got, expected), f"with num_classes={wider} and int32 tensors, "
+            "per_class_accuracy differs from the per-class recall",
+            expected=_fmt(expected), got=_fmt(got),
+            hint="compute every class 0..num_classes-1 the same way, whatever the integer dtype "
+            "of preds and targets")
+    _require_float_list(result, "per_class_accuracy(...)")
+    passed(f"per_class_accuracy matches the per-class recall within {TOLERANCE:g}, returns a list "
+           "of floats of length num_classes, and gives NaN for a class absent from the batch")
 
 
 # ---- (b) make_imbalanced and the two sets --------------------------------------------------------
@@ -419,7 +492,7 @@ def _tagged_dataset(seed: int) -> TensorDataset:
     return TensorDataset(features, labels)
 
 
-def _read_tagged(dataset, what: str) -> list[tuple[int, int]]:
+def _read_tagged(dataset, what: str, reference=None) -> list[tuple[int, int]]:
     """(example id, label) of every example of a dataset built on `_tagged_dataset`."""
     try:
         length = len(dataset)
@@ -436,6 +509,8 @@ def _read_tagged(dataset, what: str) -> list[tuple[int, int]]:
             raise CheckFailure(f"{what}[{i}] should be a (features, label) pair",
                                got=repr(item)[:60],
                                hint="keep the examples as they are: return a Subset") from None
+        if reference is not None:
+            _require_item_like(features, label, reference, f"{what}[{i}]")
         examples.append((int(torch.as_tensor(features).reshape(-1)[0]), int(label)))
     return examples
 
@@ -506,7 +581,7 @@ def check_make_imbalanced(make_imbalanced, *, seed: int = 0) -> None:
                 and torch.equal(dataset.tensors[1], before[1])):
             raise CheckFailure("make_imbalanced changed the dataset passed to it",
                                hint="leave the input untouched; return a new Subset of it")
-        return what, _read_tagged(result, what)
+        return what, _read_tagged(result, what, reference=dataset[0])
 
     for index, (cls, keep_fraction) in enumerate(_CASES):
         pick_seed = seed + index
@@ -547,8 +622,25 @@ def check_make_imbalanced(make_imbalanced, *, seed: int = 0) -> None:
                            hint="the contract: one torch.randperm over the class's positions (in "
                            "dataset order), drawn with torch.Generator().manual_seed(seed); keep "
                            "the first entries of that permutation")
+    # The signature's default: no seed means seed 0, so a call without one names the same set.
+    cls, keep_fraction = _CASES[1]
+    with CallWatch(watched) as calls:
+        result = call_learner(make_imbalanced, dataset, cls, keep_fraction, name="make_imbalanced")
+    _refuse_delegation(calls, "make_imbalanced", "downsampling",
+                       "find the examples of the class, choose the ones to keep with the seed, "
+                       "and build a Subset")
+    if result is not None:
+        what = f"make_imbalanced(dataset, {cls}, {keep_fraction}) without a seed"
+        default_kept = {i for i, y in _read_tagged(result, what, reference=dataset[0]) if y == cls}
+        expected = {i for i in downsample_class(dataset, cls, keep_fraction, seed=0).indices
+                    if int(labels[i]) == cls}
+        require(default_kept == expected, f"{what} kept other examples of class {cls} than "
+                "seed=0 picks", hint="the signature's default is seed=0: a call without a seed "
+                "must keep exactly what seed=0 keeps, not draw from an unseeded generator")
+
     passed("make_imbalanced keeps exactly the examples of the class that the seed picks "
-           "(round(keep_fraction * n), at least one) and every example of the others, each once")
+           "(round(keep_fraction * n), at least one; seed 0 by default) and every example of the "
+           "others, each once and unchanged")
 
 
 def _split_names(splits) -> dict[bytes, str]:
@@ -569,8 +661,8 @@ def check_imbalanced_split(train_set, val_set, splits, rare_class: int, keep_fra
     if val_set is None:
         raise NotImplementedYet("val_set")
     where = _split_names(splits)
-    val_keys, val_labels = _examples(val_set, "val_set")
-    train_keys, train_labels = _examples(train_set, "train_set")
+    val_keys, val_labels = _examples(val_set, "val_set", reference=splits.val[0])
+    train_keys, train_labels = _examples(train_set, "train_set", reference=splits.train[0])
     ref_val_keys, ref_val_labels = _examples(splits.val, "splits.val")
     val_truth = dict(zip(ref_val_keys, ref_val_labels))
 
@@ -713,17 +805,19 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
     """train_and_log(model, train_set, val_set, epochs=, batch_size=, eval_every=) logs, at every
     evaluation, the per-class accuracy of the model's own predictions on all of val_set."""
     splits = load_digits_splits(seed=0)
-    picks = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:256]
-    train_set = Subset(splits.train, picks.tolist())  # 8 steps of 32
+    # Two epochs of 5 steps of 32: evaluations at 3, 6 and 9 cross the epoch boundary, and the
+    # last one (10) is not a multiple of eval_every.
+    picks = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:160]
+    train_set = Subset(splits.train, picks.tolist())
     val_inputs, val_targets = splits.val.tensors
     val_index = {key: i for i, key in enumerate(_row_keys(val_inputs))}
     train_labels = dict(zip(_row_keys(splits.train.tensors[0]), splits.train.tensors[1].tolist()))
-    expected_steps = [3, 6, 8]
+    expected_steps = [3, 6, 9, 10]
     torch.manual_seed(seed)
     model = MLP(dropout=0.2)  # dropout makes train and eval mode predict differently
     counter = _StepCounter()
     with counter, _ModelWatch(model, counter) as watch, CallWatch(_library_evaluation()) as calls:
-        history = call_learner(train_and_log, model, train_set, splits.val, epochs=1,
+        history = call_learner(train_and_log, model, train_set, splits.val, epochs=2,
                                batch_size=32, eval_every=3, name="train_and_log")
     _refuse_delegation(calls, "train_and_log", "evaluation or per-class accuracy",
                        "predict val_inputs with the model and pass the predictions to YOUR "
@@ -731,9 +825,16 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
     if history is None:
         raise CheckFailure("train_and_log returned None", hint="return the history list")
     records = _history_records(history, "the history")
-    require(counter.steps == 8, "train_and_log took the wrong number of optimizer steps",
-            expected="8 (one epoch of 256 examples in batches of 32)", got=counter.steps,
-            hint="keep the loop as given: one optimizer.step() per batch")
+    require(counter.steps == 10, "train_and_log took the wrong number of optimizer steps",
+            expected="10 (two epochs of 160 examples in batches of 32)", got=counter.steps,
+            hint="keep the loop as given: one optimizer.step() per batch, every epoch")
+    used = sorted(counter.optimizers, key=str)
+    if used != [(OPTIMIZER, LEARNING_RATE)]:
+        names = ", ".join(f"{kind.__name__}(lr={lr:g})" for kind, lr in used)
+        raise CheckFailure("train_and_log trained with another optimizer than the loop's",
+                           expected=f"{OPTIMIZER.__name__}(lr={LEARNING_RATE:g})", got=names,
+                           hint="keep the given loop's optimizer and LEARNING_RATE: the checks "
+                           "replay that run, and the records must describe it")
     on_val, on_train, training = _evaluations(watch.passes, val_index, train_labels)
     if not on_val:
         if on_train:
@@ -742,13 +843,22 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
                                "nothing about how the rare class generalises")
         raise CheckFailure("train_and_log never ran the model on the validation examples",
                            hint="at each evaluation, predict val_inputs with the model")
-    require(len(records) == len(expected_steps),
-            "the history should hold one record per evaluation",
-            expected=f"{len(expected_steps)} records (steps {expected_steps})",
-            got=f"{len(records)} records",
-            hint="append exactly one record each time the loop evaluates")
     steps = [record.get("step") for record in records]
     evaluated = sorted(on_val)
+    if len(records) != len(expected_steps):
+        hint = "append exactly one record each time the loop evaluates"
+        if evaluated != expected_steps:
+            hint = (f"the model was evaluated after steps {evaluated}; the loop should "
+                    f"evaluate after steps {expected_steps}: every eval_every steps, counted over "
+                    "the whole run (the count goes on across epochs), and at the run's last step "
+                    "(not at the end of each epoch)")
+        elif len(records) < len(expected_steps) and steps == expected_steps[-len(records):]:
+            hint = ("the records of the first epoch are gone: keep one history for the whole "
+                    "run, created before the epoch loop")
+        raise CheckFailure("the history should hold one record per evaluation",
+                           expected=f"{len(expected_steps)} records (steps {expected_steps}, "
+                           "over two epochs)", got=f"{len(records)} records (steps {steps})",
+                           hint=hint)
     if steps != expected_steps:
         hint = "store the optimizer step of each evaluation under 'step'"
         if evaluated == expected_steps:
@@ -834,10 +944,18 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
                                got=_fmt(row), hint="at each evaluation, predict every example of "
                                "val_set (argmax of the logits) and pass preds and targets to "
                                "per_class_accuracy")
+        _require_float_list(record["eval_per_class_accuracy"],
+                            f"{where}['eval_per_class_accuracy']")
         if "eval_accuracy" not in record:
             raise CheckFailure(f"{where} has no 'eval_accuracy'", got=f"keys {sorted(record)}",
                                hint="log the overall accuracy too, under 'eval_accuracy'")
-        logged = float(record["eval_accuracy"])
+        logged = record["eval_accuracy"]
+        if not isinstance(logged, float):
+            raise CheckFailure(f"{where}: eval_accuracy is a {type(logged).__name__}, not a "
+                               "Python float", got=repr(logged)[:60],
+                               hint="store a plain number (.item() on a one-element tensor): a "
+                               "tensor in the history keeps its graph and device alive and "
+                               "cannot be written as JSON")
         require(_nan_equal(logged, overall), f"{where}: eval_accuracy", expected=f"{overall:.4f}",
                 got=f"{logged:.4f}",
                 hint="the fraction of all validation examples predicted correctly")
@@ -845,8 +963,9 @@ def check_per_class_logging(train_and_log, *, seed: int = 0) -> None:
     require(not in_eval, f"after the evaluation of step {in_eval[0] - 1 if in_eval else 0} the "
             "model went on training in eval mode (dropout off)",
             hint="switch it back with model.train() before the next training step")
-    passed("train_and_log records, at each of its 3 evaluations, the per-class accuracy of the "
-           "model's own predictions on all of val_set, in eval mode, after the step it names")
+    passed("train_and_log records, at each of its 4 evaluations over two epochs, the per-class "
+           f"accuracy of the model's own predictions on all of val_set (within {TOLERANCE:g}), in "
+           "eval mode, after the step it names")
 
 
 # ---- (c, d) the rare class falls, and the remedy narrows the gap ---------------------------------
@@ -936,9 +1055,9 @@ def _compare_history(history, name: str, run_records: list[dict], how: str) -> N
                   if steps != replay_steps else f"they differ from record {first} on")
         raise CheckFailure(f"{name} is not the run it should be: the check replayed {how} "
                            f"({detail})",
-                           hint="re-run the cell as described: seed with 0 right before building "
-                           "a fresh MLP, pass train_set and val_set and nothing else changed; a "
-                           "history made any other way cannot be checked")
+                           hint="re-run the cell as described: a fresh model from seeded_mlp(0), "
+                           "train_set and val_set, and nothing else changed; a history made any "
+                           "other way cannot be checked")
 
 
 def _read_counts(run: dict, labels: torch.Tensor) -> list[int]:
@@ -971,7 +1090,7 @@ def check_rare_class_falls(history_before, train_and_log, train_set, val_set, ra
             f"{read[rare_class] // epochs} examples of class {rare_class} per epoch)",
             hint="train on train_set, the imbalanced set of (b), with train_and_log's defaults")
     _compare_history(history_before, "history_before", records,
-                     "train_and_log on a fresh MLP seeded with 0, train_set and val_set")
+                     "train_and_log on seeded_mlp(0), train_set and val_set")
     passed(f"class {rare_class} ends {gap:.2f} below the mean over classes ({rare:.2f} against "
            f"{mean:.2f}, last {GAP_EVALUATIONS} evaluations), measured in a replay of your run; "
            "history_before is that run")
@@ -1170,8 +1289,7 @@ def check_remedy(remedy, history_after, train_and_log, train_set, val_set, rare_
             got=f"{others_after:.2f} (before: {others_before:.2f})",
             hint="the weights are too extreme: inverse class frequency is enough")
     _compare_history(history_after, "history_after", records,
-                     "train_and_log on a fresh MLP seeded with 0, train_set, val_set and "
-                     "**remedy(train_set)")
+                     "train_and_log on seeded_mlp(0), train_set, val_set and **remedy(train_set)")
     name = {"loss_fn": "the weighted loss", "sampler": "oversampling"}[kind]
     passed(f"{name} shrank the gap of class {rare_class} below the mean from {gap_before:.2f} to "
            f"{gap_after:.2f} in the check's own runs (its accuracy {rare_before:.2f} -> "
