@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import sys
 import socket
 import time
 import traceback
@@ -292,11 +293,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwargs, results):
-    os.environ.update({
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback network interface ("lo" on Linux, "lo0" on macOS), or
+    None where there is none to name (native Windows, where gloo picks its own)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    return next((name for name in names if name.startswith("lo")), None)
+
+
+def local_launch_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun would set for `rank` on one machine, bound to the loopback.
+
+    MASTER_ADDR is 127.0.0.1 rather than the host name, and GLOO_SOCKET_IFNAME names the loopback
+    interface: otherwise gloo binds to whatever address the host name resolves to, and a `.local`
+    name that does not resolve, a VPN's address or a firewall that asks before letting a program
+    listen makes the processes wait for each other until the timeout. A GLOO_SOCKET_IFNAME the
+    user set is kept.
+    """
+    variables = {
         "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-    })
+    }
+    interface = os.environ.get("GLOO_SOCKET_IFNAME") or loopback_interface()
+    if interface:
+        variables["GLOO_SOCKET_IFNAME"] = interface
+    return variables
+
+
+def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwargs, results):
+    os.environ.update(local_launch_environment(rank, world_size, port))
     # Like torchrun: N processes on one machine share its cores instead of each taking all.
     torch.set_num_threads(threads)
     try:
