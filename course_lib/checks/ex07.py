@@ -16,17 +16,27 @@ The learner writes, in order:
 How the checks work: they drive the learner's functions in runs and folders they control, and look
 at what is on disk, byte for byte and tensor by tensor, rather than at what the functions return:
 
-- (a) makes a save fail half-way (the state holds an object whose pickling lists the folder, then
-  raises) and looks at the folder at that moment and after; it checks that a successful save
-  replaced the file (a new inode) rather than rewrote it in place; and it hands `load_safely` a
-  file that would create a marker file if it were unpickled;
+- (a) makes a save fail at each of its steps: half-way through the write (the state holds an
+  object whose pickling lists the folder, then raises), at `os.fsync` and at `os.replace` (both
+  replaced for the moment by functions that raise); after each it requires the error to reach the
+  caller, the last good file whole and the folder as it was. It watches `os.fsync` and
+  `os.replace` during a good save and requires the file renamed onto the target to have been
+  flushed before the rename; it checks that a second save, its path given as a str, replaced the
+  file (a new inode) rather than rewrote it in place; and it hands `load_safely` a file that would
+  create a marker file if it were unpickled;
 - (b) calls `keep_best` for two runs in two folders, interleaved, with metrics that fluctuate, tie
-  at the boundary and end below their best, and after every call compares the folder's files with
-  the n best so far, and each file's content with what was saved at that step;
+  at the boundary and end below their best, while `os.listdir` and `os.scandir` list one folder
+  newest first and another oldest first (the file system promises no order), in a third folder
+  with `direction` left at its default; it requires each new checkpoint to be written through the
+  learner's own `save_atomically` (its calls observed by a profile function), and after every
+  call compares the folder's files with the n best so far, and each file's content with what was
+  saved at that step;
 - (c) trains the exercise's run itself, saves it with the learner's `save_run` at a step in the
   middle of an epoch and at an epoch's end, scrambles every random number generator, builds a
-  fresh run with other initial weights, restores it with `load_run`, checks each part right after
-  the load, then trains on and compares every weight and every optimizer moment with an
+  fresh run with other initial weights, restores it with `load_run`, requires the learner's own
+  `save_atomically` and `load_safely` to have done the file work, checks that the run was restored
+  in place (the same AdamW, the same model with its dropout, in training mode, the schedule
+  driving the run's optimizer) and each part right after the load, then trains on and compares every weight and every optimizer moment with an
   uninterrupted run (torch.equal, no tolerance).
 
 Calls into course_lib's own implementation of what a question asks for are named as such
