@@ -4,7 +4,9 @@ correct answer passes on a loaded machine and a hang is reported soon after it b
 
 Measured on a shared two-core machine (load average about 10 from other work, plus the two
 burners of machine_loaded): the reference passed check (e) in one launch inside machine_loaded();
-the planted hang was reported as stalled.
+the planted hang was reported as stalled (with STALL_S and STALL_RATIO lowered for the test). At a
+load average of 22, with the start-up alone as the limit, the reference was once stopped as stalled
+in the solution notebook; the ratio is now 2.
 """
 
 import time
@@ -39,6 +41,7 @@ def test_the_reference_passes_on_a_loaded_machine(capsys):
 
 def test_a_hang_is_reported_soon_after_progress_stops(monkeypatch):
     monkeypatch.setattr(ex08, "STALL_S", 5.0)
+    monkeypatch.setattr(ex08, "STALL_RATIO", 0.5)
     start = time.monotonic()
     with pytest.raises(CheckFailure) as caught:
         check_validation_accuracy(waits_for_a_message_never_sent)
