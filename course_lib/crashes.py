@@ -1,7 +1,8 @@
 """A process killed in the middle of saving a checkpoint, for real (lesson 07).
 
 `kill_during_save` writes a good checkpoint, then starts a second save of the same file in a
-child process and kills that child with SIGKILL while the save is under way: no `finally`, no
+child process and kills that child with SIGKILL (TerminateProcess on native Windows, which has no
+SIGKILL) while the save is under way: no `finally`, no
 clean-up, exactly what a crash, an out-of-memory kill or a preempted machine does. It then reports
 what the folder holds and whether the file still loads, for the atomic `save_checkpoint` and for a
 plain `torch.save` onto the target.
@@ -59,7 +60,8 @@ class KillReport:
     loads: bool  # the target loads with load_checkpoint
     step: int | None  # the step it holds when it loads
     error: str  # why it does not load ("" when it does)
-    signal: int  # what ended the child: -returncode (9 for SIGKILL)
+    signal: int  # what ended the child: -returncode (9 for SIGKILL); the exit code on Windows
+    killed_by: str = "SIGKILL"  # how: "SIGKILL", or "TerminateProcess" where there is no SIGKILL
 
 
 def _child_save(target: str, atomic: bool, flag: str) -> None:
@@ -102,10 +104,10 @@ def kill_during_save(folder, atomic: bool = True) -> KillReport:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the saving process did not reach the pause in {START_TIMEOUT_S} s")
             time.sleep(0.01)
-        os.kill(child.pid, signal.SIGKILL)
+        how = hard_kill(child)
     finally:
         if child.poll() is None:
-            child.kill()
+            hard_kill(child)
         child.wait()
         flag.unlink(missing_ok=True)
     files = sorted((p.name, p.stat().st_size) for p in folder.iterdir())
@@ -114,7 +116,22 @@ def kill_during_save(folder, atomic: bool = True) -> KillReport:
     except Exception as failure:  # noqa: BLE001 - any failure to load is the finding
         message = (str(failure).splitlines() or ["(no message)"])[0]
         step, error = None, f"{type(failure).__name__}: {message}"
-    return KillReport(files, error == "", step, error, -child.returncode)
+    return KillReport(files, error == "", step, error, -child.returncode, how)
+
+
+def hard_kill(process: subprocess.Popen) -> str:
+    """Kill `process` with no chance to clean up; return how.
+
+    SIGKILL where the platform has it (Linux, macOS). Native Windows has no SIGKILL:
+    `Popen.terminate` calls TerminateProcess there, which is just as final (no `finally`, no
+    handler runs), so the demonstration means the same.
+    """
+    kill_signal = getattr(signal, "SIGKILL", None)
+    if kill_signal is None:
+        process.terminate()
+        return "TerminateProcess"
+    os.kill(process.pid, kill_signal)
+    return "SIGKILL"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,10 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import shutil
 import socket
+import sys
+import tempfile
 import time
 import traceback
 from datetime import timedelta
@@ -292,18 +295,66 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwargs, results):
-    os.environ.update({
+def loopback_interface() -> str | None:
+    """The name of this machine's loopback network interface ("lo" on Linux, "lo0" on macOS), or
+    None where there is none to name (native Windows, where gloo picks its own)."""
+    if sys.platform == "win32":
+        return None
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (AttributeError, OSError):
+        return None
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    return next((name for name in names if name.startswith("lo")), None)
+
+
+def local_launch_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun would set for `rank` on one machine, bound to the loopback.
+
+    MASTER_ADDR is 127.0.0.1 rather than the host name, and GLOO_SOCKET_IFNAME names the loopback
+    interface: otherwise gloo binds to whatever address the host name resolves to, and a `.local`
+    name that does not resolve, a VPN's address or a firewall that asks before letting a program
+    listen makes the processes wait for each other until the timeout. A GLOO_SOCKET_IFNAME the
+    user set is kept.
+    """
+    variables = {
         "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-    })
+    }
+    interface = os.environ.get("GLOO_SOCKET_IFNAME") or loopback_interface()
+    if interface:
+        variables["GLOO_SOCKET_IFNAME"] = interface
+    return variables
+
+
+def _newest_beat(beat_folder: str, world_size: int) -> float | None:
+    """The time of the latest heartbeat of any rank, once every rank has beaten (before that a
+    rank may still be importing: slow, not stuck); None until then."""
+    beats = []
+    for rank in range(world_size):
+        try:
+            beats.append(os.stat(os.path.join(beat_folder, f"rank{rank}")).st_mtime)
+        except OSError:
+            return None
+    return max(beats)
+
+
+def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwargs, results,
+            beat_file=None):
+    os.environ.update(local_launch_environment(rank, world_size, port))
+    if beat_file:
+        os.environ[HEARTBEAT_VARIABLE] = beat_file
     # Like torchrun: N processes on one machine share its cores instead of each taking all.
     torch.set_num_threads(threads)
     try:
         init_distributed(backend="gloo")
         # Plain pickle copies tensors by value; a multiprocessing queue would hand over shared
         # memory that disappears when this process exits.
-        outcome = (rank, "ok", pickle.dumps(fn(*args, **kwargs)))
+        returned = fn(*args, **kwargs)
+        heartbeat(every_s=0.0)
+        outcome = (rank, "ok", pickle.dumps(returned))
     except BaseException as error:
         outcome = (rank, "error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
     # Reported before leaving the group: leaving makes the other ranks fail too, and the parent
@@ -313,7 +364,27 @@ def _worker(rank: int, world_size: int, port: int, threads: int, fn, args, kwarg
         dist.destroy_process_group()
 
 
-def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -> list:
+HEARTBEAT_VARIABLE = "COURSE_HEARTBEAT_FILE"
+_last_beat = [0.0]
+
+
+def heartbeat(every_s: float = 0.25) -> None:
+    """Tell the `launch` that started this process that it is making progress (at most once
+    every `every_s` seconds; nothing outside a launch that asked for heartbeats)."""
+    path = os.environ.get(HEARTBEAT_VARIABLE)
+    now = time.monotonic()
+    if not path or now - _last_beat[0] < every_s:
+        return
+    _last_beat[0] = now
+    try:
+        with open(path, "a"):
+            os.utime(path)
+    except OSError:
+        pass
+
+
+def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, stalled_s: float | None = None,
+           stalled_ratio: float = 0.0, **kwargs) -> list:
     """Run `fn(*args, **kwargs)` in `world_size` new processes joined by a gloo process group.
 
     Returns the list of what each rank returned, by rank (it must be picklable). `fn` must be
@@ -321,6 +392,13 @@ def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -
     so each starts a fresh interpreter and imports it. An exception in any rank is raised here,
     naming the rank, with its traceback; the other ranks, which may be waiting for it in a
     collective call, are stopped.
+
+    `timeout_s` bounds the whole run. With `stalled_s`, the processes are also stopped when, once
+    every rank has called `heartbeat()`, none of them has called it for `stalled_s` seconds, or
+    for `stalled_ratio` times the start-up (from the launch to every rank's first heartbeat) if
+    that is longer: a run waiting in a collective call that some rank never makes is caught soon
+    after it stopped, and the start-up, measured in the same call, scales the limit to how slowly
+    the machine runs right now.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
@@ -333,16 +411,20 @@ def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -
     context = mp.get_context("spawn")
     results = context.Queue()
     port = free_port()
+    beat_folder = tempfile.mkdtemp(prefix="launch-heartbeat-") if stalled_s is not None else None
     threads = max(1, (os.cpu_count() or 1) // world_size)
     processes = [
         context.Process(target=_worker, daemon=True,
-                        args=(rank, world_size, port, threads, fn, args, kwargs, results))
+                        args=(rank, world_size, port, threads, fn, args, kwargs, results,
+                              beat_folder and os.path.join(beat_folder, f"rank{rank}")))
         for rank in range(world_size)
     ]
     for process in processes:
         process.start()
     outcomes: dict[int, tuple[str, object]] = {}
-    deadline = time.monotonic() + timeout_s
+    stalled, startup, limit = False, None, stalled_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     try:
         # Read while the processes run: a result larger than the pipe's buffer is only written
         # once someone reads it, and its process cannot exit before that.
@@ -352,6 +434,15 @@ def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -
             except queue.Empty:
                 if not any(process.is_alive() for process in processes):
                     break  # everyone is gone and nothing more is coming
+                if beat_folder is not None:
+                    newest = _newest_beat(beat_folder, world_size)
+                    if newest is not None:
+                        if startup is None:
+                            startup = time.monotonic() - started
+                            limit = max(stalled_s, stalled_ratio * startup)
+                        if time.time() - newest > limit:
+                            stalled = True
+                            break
                 continue
             outcomes[rank] = (status, value)
             if status == "error":
@@ -362,12 +453,18 @@ def launch(fn, world_size: int = 2, *args, timeout_s: float = 300.0, **kwargs) -
             if process.is_alive():
                 process.kill()
                 process.join()
+        if beat_folder is not None:
+            shutil.rmtree(beat_folder, ignore_errors=True)
     # The first error to arrive is the cause; the others are often ranks that lost their peer.
     errors = [(rank, value) for rank, (status, value) in outcomes.items() if status == "error"]
     if errors:
         rank, message = errors[0]
         raise RuntimeError(f"rank {rank} of {world_size} failed:\n{message}")
     missing = [rank for rank in range(world_size) if rank not in outcomes]
+    if missing and stalled:
+        raise RuntimeError(f"rank(s) {missing} returned nothing: no process made progress for "
+                           f"{limit:.0f} s (stalled, as in a collective call some rank never "
+                           f"makes; the start-up took {startup:.0f} s)")
     if missing:
         codes = {rank: processes[rank].exitcode for rank in missing}
         raise RuntimeError(f"rank(s) {missing} returned nothing (exit codes {codes}); a process "

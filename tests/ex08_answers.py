@@ -221,6 +221,21 @@ MUTATIONS = {
     dist.broadcast(accuracy, src=0)
     return accuracy.item()
 """)],
+    # tolerances: close to the right figure, but not it
+    "accuracy_rounded_to_4_places": [(RETURN, "    return round((totals[0] / totals[1]).item(), 4)\n")],
+    "accuracy_rounded_to_3_places": [(RETURN, "    return round((totals[0] / totals[1]).item(), 3)\n")],
+    "accuracy_in_float16": [(RETURN, "    return (totals[0].half() / totals[1].half()).item()\n")],
+    # types: the right number in the wrong container
+    "returns_a_tensor": [(RETURN, "    return totals[0] / totals[1]\n")],
+    "returns_a_one_element_tensor": [(RETURN, "    return totals[:1] / totals[1:]\n")],
+    "returns_a_numpy_value": [(RETURN, "    return (totals[0] / totals[1]).numpy()\n")],
+    # dtypes of the checkpoint
+    "saves_in_half_precision": [('{"model": model.state_dict()}',
+                                 '{"model": {k: v.half() for k, v in model.state_dict().items()}}')],
+    "saves_in_bfloat16": [('{"model": model.state_dict()}',
+                           '{"model": {k: v.bfloat16() for k, v in model.state_dict().items()}}')],
+    "saves_in_double": [('{"model": model.state_dict()}',
+                         '{"model": {k: v.double() for k, v in model.state_dict().items()}}')],
 }
 
 

@@ -10,11 +10,25 @@ loading with weights_only=False), off-by-ones and orderings (N + 1 and N - 1 kep
 direction, ties given to the later step), shortcuts (handing the work to course_lib, a ranking
 or a run kept in memory instead of on disk).
 
+The blind-spot kinds each have three or more wrong answers of their own: a fault at each step of
+a save (no fsync, fsync after the rename or of the folder only, a temporary file left when the
+rename fails, a copy or silence when the rename fails, a failed fsync ignored), a path given as a
+str, the learner's own save_atomically and load_safely not used where the contract says so
+(torch.save, an inlined copy of the recipe, bytes written in place, course_lib's save_checkpoint
+or load_checkpoint, torch.load), results that depend on the order the folder lists its files in
+(a sort by the metric alone, sorted with reverse=True, heapq, deleting the first worst found; the
+check lists one folder newest first, another oldest first), the default direction (another
+default, none, None read as "min"), and the run restored in place (the optimizer rebuilt as Adam
+or as a new AdamW the schedule does not drive, the model rebuilt without dropout, the model left
+in eval mode).
+
 Seeds: the normal run uses 2 seeds per case; `CHECK_SEEDS=16` runs 16. Observed with 16 seeds
-(seeds 0-15, 519 test cases in 49 s on a shared two-core machine): the reference answers pass all
-three checks on every seed, and every wrong answer below fails its check on every seed, with the
-failure and the hint asserted here.
-Corpus sizes: (a) check_safe_files 10, (b) check_keep_best 10, (c) check_resume 10.
+(seeds 0-15, on a shared two-core machine at a load average near 20): the reference answers pass
+all three checks on every seed, and every wrong answer below fails its check on every seed, with
+the failure and the hint asserted here (the first 29 wrong answers: 519 cases in 468 s; the 29
+added with the blind spots, with the reference: 512 cases in 543 s).
+Corpus sizes: (a) check_safe_files 10 -> 20, (b) check_keep_best 10 -> 20, (c) check_resume
+10 -> 19.
 """
 
 from __future__ import annotations
@@ -44,7 +58,10 @@ def save_atomically(state, path):
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(state, temporary)
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -55,7 +72,7 @@ def load_safely(path):
 
 
 def make_keep_best(order="metric", keep=lambda n: n, direction_used=None, ties="earlier",
-                   memory=None, content="full"):
+                   memory=None, content="full", saves=True):
     """The reference keep_best by default; each argument, changed, makes one realistic mistake."""
 
     def keep_best(ckpt_dir, step, metric, state, n, direction="max"):
@@ -64,7 +81,8 @@ def make_keep_best(order="metric", keep=lambda n: n, direction_used=None, ties="
         saved = {"step": step, "metric": metric, "state": state}
         if content == "no_state":
             saved = {"step": step, "metric": metric}
-        save_atomically(saved, ckpt_dir / f"step_{step:06d}.pt")
+        if saves:
+            save_atomically(saved, ckpt_dir / f"step_{step:06d}.pt")
         if memory is not None:  # a ranking kept between calls instead of read from the folder
             memory.append((metric, step, ckpt_dir / f"step_{step:06d}.pt"))
             ranked = list(memory)
@@ -140,8 +158,8 @@ def rejected(check, *answers, seed) -> CheckFailure:
 
 CASES = [
     (check_safe_files, (save_atomically, load_safely)),
-    (check_keep_best, (make_keep_best(),)),
-    (check_resume, (save_run, load_run)),
+    (check_keep_best, (make_keep_best(), save_atomically)),
+    (check_resume, (save_run, load_run, save_atomically, load_safely)),
 ]
 
 
@@ -155,14 +173,14 @@ def test_check_passes_the_reference(check, answers, seed, capsys):
 @pytest.mark.parametrize("check, answers", CASES, ids=lambda c: getattr(c, "__name__", ""))
 def test_check_says_not_implemented_yet_for_a_stub(check, answers):
     with pytest.raises(NotImplementedYet, match="is not implemented yet"):
-        check(*[stub] * len(answers))
+        check(stub, *answers[1:]) if check is not check_safe_files else check(stub, stub)
 
 
 def test_a_stub_in_the_second_function_is_named_too():
     with pytest.raises(NotImplementedYet, match="`load_safely` is not implemented yet"):
         check_safe_files(save_atomically, stub)
     with pytest.raises(NotImplementedYet, match="`load_run` is not implemented yet"):
-        check_resume(save_run, stub)
+        check_resume(save_run, stub, save_atomically, load_safely)
 
 
 def test_every_question_has_a_hint(capsys):
@@ -173,7 +191,7 @@ def test_every_question_has_a_hint(capsys):
 
 def test_a_check_restores_the_thread_count():
     threads = torch.get_num_threads()
-    check_keep_best(make_keep_best())
+    check_keep_best(make_keep_best(), save_atomically)
     assert torch.get_num_threads() == threads
 
 
@@ -309,7 +327,7 @@ KEEP_WRONG = [
 def test_keep_best_rejects(name, answer, what, hint_text, seed):
     if name == "ranking_kept_in_memory":
         answer = make_keep_best(memory=[])  # a fresh memory per test, as a fresh kernel would have
-    failure = rejected(check_keep_best, answer, seed=seed)
+    failure = rejected(check_keep_best, answer, save_atomically, seed=seed)
     assert what in failure.what and hint_text in failure.hint, failure.line()
 
 
@@ -380,5 +398,364 @@ RESUME_WRONG = [
 @pytest.mark.parametrize("name, save, load, what, hint_text", RESUME_WRONG,
                          ids=lambda a: a if isinstance(a, str) else "")
 def test_resume_rejects(name, save, load, what, hint_text, seed):
-    failure = rejected(check_resume, save, load, seed=seed)
+    failure = rejected(check_resume, save, load, save_atomically, load_safely, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+# ---- (a) every step of a save can fail; a path may be a str ----------------------------------------
+
+
+def reference_without_fsync(state, path):  # the bytes may still be in the page cache at the rename
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def fsync_after_the_rename(state, path):  # flushes the target once it is in place: too late
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def fsync_of_the_folder_only(state, path):  # the directory entry is flushed, the bytes are not
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, temporary)
+        descriptor = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def cleanup_around_the_write_only(state, path):  # a failed rename leaves the temporary file
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+
+
+def copy_when_the_rename_fails(state, path):  # "os.replace fails on Windows sometimes: copy instead"
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            shutil.copyfile(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def rename_error_swallowed(state, path):  # the caller believes the checkpoint is on disk
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def fsync_error_ignored(state, path):  # "fsync is not supported everywhere: skip it if it fails"
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            try:
+                os.fsync(file.fileno())
+            except OSError:
+                pass
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def with_name_on_a_str(state, path):  # assumes a Path: a str has no with_name
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def parent_of_a_str(state, path):
+    temporary = path.parent / f".{path.name}.tmp"
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def with_suffix_on_a_str(state, path):
+    temporary = path.with_suffix(".tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+SAVE_STEP_WRONG = [
+    ("no_fsync", reference_without_fsync, "no os.fsync", "os.fsync(file.fileno())"),
+    ("fsync_after_the_rename", fsync_after_the_rename, "os.fsync came after the rename",
+     "only then os.replace"),
+    ("fsync_of_the_folder_only", fsync_of_the_folder_only, "no os.fsync", "os.fsync(file.fileno())"),
+    ("cleanup_around_the_write_only", cleanup_around_the_write_only,
+     "os.replace failed left the folder", "the rename included"),
+    ("copy_when_the_rename_fails", copy_when_the_rename_fails,
+     "returned normally although os.replace failed", "let the error go on"),
+    ("rename_error_swallowed", rename_error_swallowed, "returned normally although os.replace failed",
+     "let the error go on"),
+    ("fsync_error_ignored", fsync_error_ignored, "returned normally although os.fsync failed",
+     "let the error of os.fsync go on"),
+    ("with_name_on_a_str", with_name_on_a_str, "given as a str", "Path(path)"),
+    ("parent_of_a_str", parent_of_a_str, "given as a str", "Path(path)"),
+    ("with_suffix_on_a_str", with_suffix_on_a_str, "given as a str", "Path(path)"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name, save, what, hint_text", SAVE_STEP_WRONG,
+                         ids=lambda a: a if isinstance(a, str) else "")
+def test_safe_files_rejects_a_fault_at_each_step(name, save, what, hint_text, seed):
+    failure = rejected(check_safe_files, save, load_safely, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+# ---- (b) the learner's own save, ties whatever the listing order, the default direction ----------
+
+
+def saves_with_torch_save(ckpt_dir, step, metric, state, n, direction="max"):
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": step, "metric": metric, "state": state}, ckpt_dir / f"step_{step:06d}.pt")
+    make_keep_best(saves=False)(ckpt_dir, step, metric, state, n, direction)
+
+
+def saves_with_its_own_copy_of_the_recipe(ckpt_dir, step, metric, state, n, direction="max"):
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step_{step:06d}.pt"
+    temporary = path.with_name(path.name + ".part")
+    torch.save({"step": step, "metric": metric, "state": state}, temporary)
+    os.replace(temporary, path)
+    make_keep_best(saves=False)(ckpt_dir, step, metric, state, n, direction)
+
+
+def saves_through_bytes(ckpt_dir, step, metric, state, n, direction="max"):
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"step": step, "metric": metric, "state": state}, buffer)
+    (ckpt_dir / f"step_{step:06d}.pt").write_bytes(buffer.getvalue())
+    make_keep_best(saves=False)(ckpt_dir, step, metric, state, n, direction)
+
+
+def _entries(ckpt_dir):
+    return [(load_safely(p)["metric"], load_safely(p)["step"], p) for p in Path(ckpt_dir).glob("step_*.pt")]
+
+
+def _save_entry(ckpt_dir, step, metric, state):
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    save_atomically({"step": step, "metric": metric, "state": state}, ckpt_dir / f"step_{step:06d}.pt")
+
+
+def sorts_by_the_metric_alone(ckpt_dir, step, metric, state, n, direction="max"):
+    _save_entry(ckpt_dir, step, metric, state)
+    ranked = sorted(_entries(ckpt_dir), key=lambda e: e[0] if direction == "min" else -e[0])
+    for _, _, path in ranked[n:]:
+        path.unlink()
+
+
+def sorts_with_reverse(ckpt_dir, step, metric, state, n, direction="max"):
+    _save_entry(ckpt_dir, step, metric, state)
+    ranked = sorted(_entries(ckpt_dir), key=lambda e: e[0], reverse=(direction == "max"))
+    for _, _, path in ranked[n:]:
+        path.unlink()
+
+
+def keeps_with_heapq(ckpt_dir, step, metric, state, n, direction="max"):
+    import heapq
+
+    _save_entry(ckpt_dir, step, metric, state)
+    entries = _entries(ckpt_dir)
+    pick = heapq.nlargest if direction == "max" else heapq.nsmallest
+    kept = {path for _, _, path in pick(n, entries, key=lambda e: e[0])}
+    for _, _, path in entries:
+        if path not in kept:
+            path.unlink()
+
+
+def deletes_the_first_worst_found(ckpt_dir, step, metric, state, n, direction="max"):
+    _save_entry(ckpt_dir, step, metric, state)
+    entries = _entries(ckpt_dir)
+    while len(entries) > n:
+        worst = (min if direction == "max" else max)(entries, key=lambda e: e[0])
+        worst[2].unlink()
+        entries.remove(worst)
+
+
+def default_min(ckpt_dir, step, metric, state, n, direction="min"):
+    make_keep_best()(ckpt_dir, step, metric, state, n, direction)
+
+
+def no_default(ckpt_dir, step, metric, state, n, direction):
+    make_keep_best()(ckpt_dir, step, metric, state, n, direction)
+
+
+def default_none_read_as_min(ckpt_dir, step, metric, state, n, direction=None):
+    make_keep_best()(ckpt_dir, step, metric, state, n, "max" if direction == "max" else "min")
+
+
+KEEP_NEW_WRONG = [
+    ("saves_with_torch_save", saves_with_torch_save, "with your save_atomically", "you wrote in (a)"),
+    ("saves_with_its_own_copy_of_the_recipe", saves_with_its_own_copy_of_the_recipe,
+     "with your save_atomically", "you wrote in (a)"),
+    ("saves_through_bytes", saves_through_bytes, "with your save_atomically", "you wrote in (a)"),
+    ("sorts_by_the_metric_alone", sorts_by_the_metric_alone, "a tie went to the later step",
+     "break them by the step"),
+    ("sorts_with_reverse", sorts_with_reverse, "a tie went to the later step", "break them by the step"),
+    ("keeps_with_heapq", keeps_with_heapq, "a tie went to the later step", "break them by the step"),
+    ("deletes_the_first_worst_found", deletes_the_first_worst_found, "a tie went to the later step",
+     "break them by the step"),
+    ("default_direction_min", default_min, "direction left at its default", "a higher metric is better"),
+    ("no_default_direction", no_default, "without a direction", 'default: "max"'),
+    ("default_none_read_as_min", default_none_read_as_min, "direction left at its default",
+     "a higher metric is better"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name, answer, what, hint_text", KEEP_NEW_WRONG,
+                         ids=lambda a: a if isinstance(a, str) else "")
+def test_keep_best_rejects_blind_spots(name, answer, what, hint_text, seed):
+    failure = rejected(check_keep_best, answer, save_atomically, seed=seed)
+    assert what in failure.what and hint_text in failure.hint, failure.line()
+
+
+# ---- (c) the learner's own save and load; the run restored in place ------------------------------
+
+
+def save_run_with_torch_save(run, path):
+    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
+                "batch": run.batch, "rng": torch.get_rng_state()}, path)
+
+
+def save_run_with_save_checkpoint(run, path):
+    save_checkpoint(path, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                           "scheduler": run.scheduler.state_dict(), "step": run.step,
+                           "epoch": run.epoch, "batch": run.batch, "rng": torch.get_rng_state()})
+
+
+def save_run_to_bytes(run, path):
+    buffer = io.BytesIO()
+    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "step": run.step, "epoch": run.epoch,
+                "batch": run.batch, "rng": torch.get_rng_state()}, buffer)
+    Path(path).write_bytes(buffer.getvalue())
+
+
+def rebuilds_the_optimizer_as_adam(run, path):  # "Adam and AdamW share a state dict"
+    run.optimizer = torch.optim.Adam(run.model.parameters())
+    load_run(run, path)
+
+
+def rebuilds_the_model_without_dropout(run, path):
+    from course_lib.models import MLP
+
+    run.model = MLP(hidden=32)
+    load_run(run, path)
+
+
+def rebuilds_the_optimizer_not_the_schedule(run, path):
+    run.optimizer = torch.optim.AdamW(run.model.parameters(), lr=3e-3)
+    load_run(run, path)
+
+
+def ends_in_eval_mode(run, path):  # "a loaded model is for inference"
+    load_run(run, path)
+    run.model.eval()
+
+
+def loads_with_torch_load(run, path):
+    make_load_run(load=lambda p: torch.load(p, weights_only=True))(run, path)
+
+
+def loads_with_load_checkpoint(run, path):
+    make_load_run(load=load_checkpoint)(run, path)
+
+
+RESUME_NEW_WRONG = [
+    ("save_run_with_torch_save", save_run_with_torch_save, load_run, "save_run did not write",
+     "save_atomically you wrote"),
+    ("save_run_with_save_checkpoint", save_run_with_save_checkpoint, load_run,
+     "save_run did not write", "save_atomically you wrote"),
+    ("save_run_to_bytes", save_run_to_bytes, load_run, "save_run did not write",
+     "save_atomically you wrote"),
+    ("loads_with_torch_load", save_run, loads_with_torch_load, "with your load_safely",
+     "load_safely you wrote"),
+    ("loads_with_load_checkpoint", save_run, loads_with_load_checkpoint, "with your load_safely",
+     "load_safely you wrote"),
+    ("rebuilds_the_optimizer_as_adam", save_run, rebuilds_the_optimizer_as_adam,
+     "a new Adam, another algorithm", "run.optimizer.load_state_dict"),
+    ("rebuilds_the_optimizer_not_the_schedule", save_run, rebuilds_the_optimizer_not_the_schedule,
+     "a new AdamW", "run.optimizer.load_state_dict"),
+    ("rebuilds_the_model_without_dropout", save_run, rebuilds_the_model_without_dropout,
+     "with dropout [0.0, 0.0]", "run.model.load_state_dict"),
+    ("ends_in_eval_mode", save_run, ends_in_eval_mode, "eval mode", "model.eval()"),
+]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name, save, load, what, hint_text", RESUME_NEW_WRONG,
+                         ids=lambda a: a if isinstance(a, str) else "")
+def test_resume_rejects_blind_spots(name, save, load, what, hint_text, seed):
+    failure = rejected(check_resume, save, load, save_atomically, load_safely, seed=seed)
     assert what in failure.what and hint_text in failure.hint, failure.line()

@@ -16,17 +16,27 @@ The learner writes, in order:
 How the checks work: they drive the learner's functions in runs and folders they control, and look
 at what is on disk, byte for byte and tensor by tensor, rather than at what the functions return:
 
-- (a) makes a save fail half-way (the state holds an object whose pickling lists the folder, then
-  raises) and looks at the folder at that moment and after; it checks that a successful save
-  replaced the file (a new inode) rather than rewrote it in place; and it hands `load_safely` a
-  file that would create a marker file if it were unpickled;
+- (a) makes a save fail at each of its steps: half-way through the write (the state holds an
+  object whose pickling lists the folder, then raises), at `os.fsync` and at `os.replace` (both
+  replaced for the moment by functions that raise); after each it requires the error to reach the
+  caller, the last good file whole and the folder as it was. It watches `os.fsync` and
+  `os.replace` during a good save and requires the file renamed onto the target to have been
+  flushed before the rename; it checks that a second save, its path given as a str, replaced the
+  file (a new inode) rather than rewrote it in place; and it hands `load_safely` a file that would
+  create a marker file if it were unpickled;
 - (b) calls `keep_best` for two runs in two folders, interleaved, with metrics that fluctuate, tie
-  at the boundary and end below their best, and after every call compares the folder's files with
-  the n best so far, and each file's content with what was saved at that step;
+  at the boundary and end below their best, while `os.listdir` and `os.scandir` list one folder
+  newest first and another oldest first (the file system promises no order), in a third folder
+  with `direction` left at its default; it requires each new checkpoint to be written through the
+  learner's own `save_atomically` (its calls observed by a profile function), and after every
+  call compares the folder's files with the n best so far, and each file's content with what was
+  saved at that step;
 - (c) trains the exercise's run itself, saves it with the learner's `save_run` at a step in the
   middle of an epoch and at an epoch's end, scrambles every random number generator, builds a
-  fresh run with other initial weights, restores it with `load_run`, checks each part right after
-  the load, then trains on and compares every weight and every optimizer moment with an
+  fresh run with other initial weights, restores it with `load_run`, requires the learner's own
+  `save_atomically` and `load_safely` to have done the file work, checks that the run was restored
+  in place (the same AdamW, the same model with its dropout, in training mode, the schedule
+  driving the run's optimizer) and each part right after the load, then trains on and compares every weight and every optimizer moment with an
   uninterrupted run (torch.equal, no tolerance).
 
 Calls into course_lib's own implementation of what a question asks for are named as such
@@ -36,8 +46,11 @@ check over many seeds.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import random
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +61,7 @@ from torch import nn
 from course_lib.checks._core import (
     CallWatch,
     CheckFailure,
+    NotImplementedYet,
     call_learner,
     code_objects,
     make_hint,
@@ -59,15 +73,17 @@ from course_lib.data import load_digits_splits
 from course_lib.models import MLP
 
 hint = make_hint({
-    "a": "Write to a temporary file next to the target (same folder, a name of your own), then "
-         "os.replace it onto the target; if anything fails, remove the temporary file and let the "
-         "error go on. For loading, torch.load has an argument that accepts plain data only.",
-    "b": "Save first (with your save_atomically). Then load every step_*.pt of the folder, sort "
-         "them by their stored metric, best first, breaking ties by the step, and delete all but "
-         "the first n. Read the folder each time: keep no list between calls.",
-    "c": "Everything that changes while training must go into the file: the three state_dict()s, "
-         "the counters of the run, and torch.get_rng_state(). load_run puts each back, the random "
-         "number generator last.",
+    "a": "Three steps, each of which can fail: write the bytes to a file of your own next to the "
+         "target, make sure they reached the disk, and only then move that file onto the target in "
+         "one step. Whatever fails, the folder must end as it was and the error must reach the "
+         "caller. For loading, torch.load has an argument that accepts plain data only.",
+    "b": "Save with the save_atomically of (a). Then read the stored metric of every step_*.pt in "
+         "the folder, rank them, and delete the ones that did not make it. The order in which the "
+         "folder lists its files is arbitrary: your ranking must settle ties by itself. Keep no "
+         "list between calls.",
+    "c": "Ask what changes from one training step to the next, and put all of it in the file, "
+         "through your save_atomically; load it with your load_safely. Put it back into the run "
+         "you were given, in place: the same model, optimizer and schedule objects.",
 })
 
 # ---- shared helpers ---------------------------------------------------------------------------------
@@ -123,6 +139,133 @@ def _load_plain(path: Path, what: str):
                            "lists and dicts, never objects such as the optimizer itself") from None
 
 
+class OwnCalls:
+    """Records each call of the learner's own function `fn` (by its code object, however it was
+    reached: its name, an alias, a default argument) with the arguments it was called with."""
+
+    def __init__(self, fn):
+        self.code = getattr(fn, "__code__", None)
+        self.calls: list[dict] = []
+        self._previous = None
+
+    def _profile(self, frame, event, arg):
+        if event == "call" and frame.f_code is self.code:
+            names = self.code.co_varnames[:self.code.co_argcount]
+            self.calls.append({name: frame.f_locals.get(name) for name in names})
+        if self._previous is not None:
+            self._previous(frame, event, arg)
+
+    def __enter__(self):
+        self._previous = sys.getprofile()
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.setprofile(self._previous)
+        return False
+
+    def paths(self, position: int = 1) -> list[str]:
+        """The resolved paths given as argument number `position` (0-based)."""
+        if self.code is None:
+            return []
+        name = self.code.co_varnames[position] if position < self.code.co_argcount else None
+        out = []
+        for call in self.calls:
+            try:
+                out.append(str(Path(call[name]).resolve()))
+            except (TypeError, KeyError):
+                pass
+        return out
+
+
+class SaveSteps:
+    """Watches the steps of a save after the write: os.fsync (the inode of the file flushed) and
+    os.replace / os.rename (the inode of the file moved, and where to). With `fail_at` "fsync" or
+    "rename", that step raises SimulatedCrash instead, as a full disk or a crash there would."""
+
+    def __init__(self, fail_at: str | None = None):
+        self.fail_at = fail_at
+        self.events: list[tuple] = []
+
+    def __enter__(self):
+        self._saved = {name: getattr(os, name) for name in ("fsync", "replace", "rename")}
+        real = dict(self._saved)
+
+        def fsync(fd):
+            try:
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                inode = None
+            self.events.append(("fsync", inode))
+            if self.fail_at == "fsync":
+                raise SimulatedCrash("the check's simulated failure of os.fsync (a full disk)")
+            return real["fsync"](fd)
+
+        def moving(name):
+            def move(src, dst, *args, **kwargs):
+                try:
+                    inode = os.stat(src).st_ino
+                except (OSError, TypeError, ValueError):
+                    inode = None
+                self.events.append(("rename", inode, str(Path(os.fsdecode(dst)).resolve())))
+                if self.fail_at == "rename":
+                    raise SimulatedCrash(f"the check's simulated failure of os.{name}")
+                return real[name](src, dst, *args, **kwargs)
+            return move
+
+        os.fsync, os.replace, os.rename = fsync, moving("replace"), moving("rename")
+        return self
+
+    def __exit__(self, *exc_info):
+        for name, function in self._saved.items():
+            setattr(os, name, function)
+        return False
+
+
+class _ListingIn:
+    """Yields DirEntry objects in a chosen order; usable as os.scandir's context manager."""
+
+    def __init__(self, entries):
+        self._entries = iter(entries)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._entries)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def close(self):
+        pass
+
+
+@contextlib.contextmanager
+def listing_order(descending: bool):
+    """os.listdir and os.scandir (hence Path.iterdir, Path.glob, glob.glob) list every folder in
+    name order, ascending or descending: the file system promises no order, so a result that
+    depends on it must not pass by luck."""
+    real_listdir, real_scandir = os.listdir, os.scandir
+
+    def listdir(path="."):
+        return sorted(real_listdir(path), reverse=descending)
+
+    def scandir(path="."):
+        with real_scandir(path) as entries:
+            ordered = sorted(entries, key=lambda entry: entry.name, reverse=descending)
+        return _ListingIn(ordered)
+
+    os.listdir, os.scandir = listdir, scandir
+    try:
+        yield
+    finally:
+        os.listdir, os.scandir = real_listdir, real_scandir
+
+
 # ---- (a) saving atomically, loading safely -------------------------------------------------------------
 
 
@@ -159,13 +302,23 @@ def _example_state(generator: torch.Generator, step: int) -> dict:
             "best": [{"step": step, "metric": 0.5}], "note": f"step {step}"}
 
 
-_SAVE_INSTEAD = "a temporary file in the same folder, then os.replace"
+_SAVE_INSTEAD = "a temporary file in the same folder, flushed to disk, then os.replace"
 _LOAD_INSTEAD = "torch.load with weights_only=True"
 
 
 def _save(save_atomically, state, path):
-    return _call_watched(save_atomically, state, path, name="save_atomically",
-                         modules=(CHECKPOINT_MODULE,), instead=_SAVE_INSTEAD)
+    try:
+        return _call_watched(save_atomically, state, path, name="save_atomically",
+                             modules=(CHECKPOINT_MODULE,), instead=_SAVE_INSTEAD)
+    except NotImplementedYet:
+        raise
+    except CheckFailure as failure:
+        if isinstance(path, str) and "'str' object has no attribute" in failure.what:
+            raise CheckFailure(f"save_atomically(state, path) with `path` given as a str "
+                               f"({failure.what.split('raised ', 1)[-1]})",
+                               hint="`path` may be a str or a pathlib.Path: make it a Path first, "
+                               "path = Path(path)") from None
+        raise
 
 
 def _load(load_safely, path):
@@ -173,9 +326,73 @@ def _load(load_safely, path):
                          instead=_LOAD_INSTEAD)
 
 
+def _failing_save(save_atomically, state, target: Path, fail_at: str | None) -> bool:
+    """Run a save that the check makes fail (while writing, at fsync or at the rename); return
+    whether it returned normally."""
+    with CallWatch(modules=(CHECKPOINT_MODULE,)) as calls, SaveSteps(fail_at=fail_at):
+        try:
+            save_atomically(state, target)
+            finished = True
+        except SimulatedCrash:
+            finished = False
+        except NotImplementedError:
+            raise  # the stub was caught by the first call already
+        except Exception as error:  # noqa: BLE001
+            if not isinstance(error.__cause__ or error.__context__, SimulatedCrash) and \
+                    "simulated" not in str(error):
+                raise CheckFailure(f"save_atomically raised {type(error).__name__}: {error}",
+                                   hint="run your cell on its own to see the full traceback") from None
+            finished = False
+    _refuse_delegation(calls, "save_atomically", _SAVE_INSTEAD)
+    return finished
+
+
+_FAULTS = {
+    "fsync": ("os.fsync failed (as on a full disk)", "let the error of os.fsync go on: a file "
+              "that may not be on disk must not replace the last good checkpoint"),
+    "rename": ("os.replace failed", "remove the temporary file whatever step fails, the rename "
+               "included (try/finally around every step), and let the error go on"),
+}
+
+
+def _require_fault_handled(save_atomically, state, target: Path, fail_at: str) -> None:
+    folder = target.parent
+    good_bytes, before = target.read_bytes(), _listing(folder)
+    finished = _failing_save(save_atomically, state, target, fail_at)
+    what, hint = _FAULTS[fail_at]
+    require(not finished, f"save_atomically returned normally although {what}", hint=hint)
+    require(target.read_bytes() == good_bytes, f"after a save in which {what}, {target.name} no "
+            "longer holds the last good checkpoint", hint="never write onto the target itself: "
+            "only a rename of a complete, flushed temporary file may replace it")
+    after = _listing(folder)
+    require(after == before, f"a save in which {what} left the folder with {sorted(after)}",
+            expected=f"{sorted(before)} as before", hint=hint)
+
+
+def _require_flushed_before_rename(steps: SaveSteps, target: Path) -> None:
+    """The file renamed onto the target was fsync'd before the rename."""
+    destination = str(target.resolve())
+    renames = [i for i, event in enumerate(steps.events)
+               if event[0] == "rename" and event[2] == destination]
+    require(bool(renames), f"save_atomically put the file at {target.name} without os.replace",
+            hint="move the temporary file onto the target with os.replace (one atomic step)")
+    moved = steps.events[renames[-1]][1]
+    flushed_before = {event[1] for event in steps.events[:renames[-1]] if event[0] == "fsync"}
+    if moved not in flushed_before:
+        flushed_after = any(event[0] == "fsync" for event in steps.events[renames[-1]:])
+        raise CheckFailure("save_atomically renamed the temporary file onto the target before "
+                           + ("it was flushed to disk (os.fsync came after the rename)"
+                              if flushed_after else "its bytes were flushed to disk (no os.fsync "
+                              "of that file)")
+                           + ": after a power cut the new name can point at an empty file",
+                           hint="write through an open file, then file.flush() and "
+                           "os.fsync(file.fileno()), and only then os.replace")
+
+
 @one_thread
 def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
-    """(a) A save replaces the file whole or not at all; a load accepts plain data only."""
+    """(a) A save replaces the file whole or not at all, whichever of its steps fails (the write,
+    the flush to disk, the rename); a load accepts plain data only."""
     generator = torch.Generator().manual_seed(seed)
     folder = Path(tempfile.mkdtemp(prefix="ex07-a-")) / "run"
     folder.mkdir()
@@ -183,7 +400,8 @@ def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
     first, second = _example_state(generator, 10), _example_state(generator, 20)
 
     # 1. A save, then a load: the same data, and nothing else in the folder.
-    _save(save_atomically, first, target)
+    with SaveSteps() as steps:
+        _save(save_atomically, first, target)
     require(target.is_file(), f"after save_atomically(state, path) there is no file at {target.name}",
             hint="the file must end up at `path` exactly")
     require(_listing(folder).keys() == {target.name}, "after a save the folder holds "
@@ -195,25 +413,12 @@ def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
     require(_same(loaded, first), "load_safely(path) did not return the saved state",
             hint="return what torch.load reads from the file")
 
-    # 2. A save that fails half-way leaves the last good file whole, and the folder as it was.
+    # 2. A save that fails half-way through the write leaves the last good file whole, and the
+    # folder as it was.
     good_bytes, before = target.read_bytes(), _listing(folder)
     seen: list = []
     broken = {**second, "crash": _FailWhenPickled(folder, seen)}
-    with CallWatch(modules=(CHECKPOINT_MODULE,)) as calls:
-        try:
-            save_atomically(broken, target)
-            finished = True
-        except SimulatedCrash:
-            finished = False
-        except NotImplementedError:
-            raise  # the stub was caught by the first call already
-        except Exception as error:  # noqa: BLE001
-            if not isinstance(error.__cause__ or error.__context__, SimulatedCrash) and \
-                    "simulated crash" not in str(error):
-                raise CheckFailure(f"save_atomically raised {type(error).__name__}: {error}",
-                                   hint="run your cell on its own to see the full traceback") from None
-            finished = False
-    _refuse_delegation(calls, "save_atomically", _SAVE_INSTEAD)
+    finished = _failing_save(save_atomically, broken, target, None)
     require(bool(seen), "save_atomically never serialized the state it was given",
             hint="save the state with torch.save")
     during = seen[0]
@@ -237,9 +442,10 @@ def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
             hint="remove the temporary file when the save fails (try/finally, or except: remove, "
             "then raise)")
 
-    # 3. A second save replaces the file: a new file renamed onto it, not the old one rewritten.
+    # 3. A second save, its path given as a str, replaces the file: a new file renamed onto it,
+    # not the old one rewritten.
     inode = target.stat().st_ino
-    _save(save_atomically, second, target)
+    _save(save_atomically, second, str(target))
     require(_same(_load_plain(target, "the file after a second save"), second),
             "after a second save the file does not hold the second state",
             hint="save the new state to a temporary file, then os.replace it onto the target")
@@ -248,7 +454,14 @@ def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
             hint="write the whole state to a temporary file in the same folder, then os.replace "
             "it onto the target; do not open, copy or write onto the target itself")
 
-    # 4. A file whose unpickling would run code is refused, and the code never runs.
+    # 4. A rename that fails leaves the last good file and the folder as they were.
+    _require_fault_handled(save_atomically, first, target, "rename")
+    # 5. The file renamed onto the target had been flushed to disk first; a flush that fails
+    # stops the save.
+    _require_flushed_before_rename(steps, target)
+    _require_fault_handled(save_atomically, first, target, "fsync")
+
+    # 6. A file whose unpickling would run code is refused, and the code never runs.
     marker = folder.parent / f"code-ran-{seed}"
     trap = folder / "untrusted.pt"
     torch.save({"model": first["model"], "extra": _RunsCodeWhenUnpickled(marker)}, trap)
@@ -266,10 +479,11 @@ def check_safe_files(save_atomically, load_safely, seed: int = 0) -> None:
             "anything but tensors and plain data")
     require(refused, "load_safely accepted a file that holds an object other than plain data",
             hint="torch.load(path, weights_only=True) raises on such a file; let the error go on")
-    passed("save_atomically replaced the file whole (a new file renamed onto it), and a save that "
-           "failed half-way left the last good checkpoint and the folder exactly as they were; "
-           "load_safely returned the saved state and refused a file that would have run code, "
-           "without running it")
+    passed("save_atomically replaced the file whole (a flushed new file renamed onto it, for a "
+           "Path and a str), and a save that failed while writing, at os.fsync or at the rename "
+           "left the last good checkpoint and the folder exactly as they were; load_safely "
+           "returned the saved state and refused a file that would have run code, without "
+           "running it")
 
 
 # ---- (b) keep the best N --------------------------------------------------------------------------------
@@ -324,7 +538,9 @@ def _diagnose_kept(kept: list[int], entries: list, n: int, direction: str, where
     if sorted(later) != sorted(expected) and sorted(kept) == sorted(later):
         raise CheckFailure(f"{what}: a tie went to the later step", expected=wanted,
                            hint="on equal metrics the earlier checkpoint stays: a later one must "
-                           "be strictly better to displace it")
+                           "be strictly better to displace it. The folder may list its files in "
+                           "any order, so a sort by the metric alone leaves ties to chance: "
+                           "break them by the step")
     if sorted(kept) == sorted(s for s, _ in entries[-n:]):
         raise CheckFailure(f"{what}: the newest {n}", expected=wanted,
                            hint="rank the checkpoints by the metric stored in them, not by step: "
@@ -381,55 +597,87 @@ def _keep_best_states(generator: torch.Generator, entries) -> dict:
     return {step: {"weights": torch.randn(8, generator=generator), "step": step} for step, _ in entries}
 
 
+def _keep(keep_best, save_atomically, watched, folder, step, metric, state, n, direction,
+          descending: bool) -> None:
+    """One call of keep_best, the folder listed in a chosen order; it must save the new
+    checkpoint with the learner's own save_atomically. `direction=None`: the default is used."""
+    args = (folder, step, metric, state, n) + (() if direction is None else (direction,))
+    with listing_order(descending), OwnCalls(save_atomically) as own:
+        try:
+            _call_watched(keep_best, *args, name="keep_best", watched=watched,
+                          modules=(LOOP_MODULE,), instead=_KEEP_INSTEAD)
+        except NotImplementedYet:
+            raise
+        except CheckFailure as failure:
+            if direction is None and "direction" in failure.what:
+                raise CheckFailure(f"keep_best(ckpt_dir, step, metric, state, n) without a "
+                                   f"direction {failure.what.split('raised ', 1)[-1]}",
+                                   hint="the contract gives `direction` a default: \"max\"") from None
+            raise
+    new_file = str((Path(folder) / f"step_{step:06d}.pt").resolve())
+    require(new_file in own.paths(1), f"keep_best(..., step={step}, ...) did not save "
+            f"step_{step:06d}.pt with your save_atomically"
+            + (f" (it was called for {[Path(p).name for p in own.paths(1)]})" if own.calls
+               else " (it was never called)"),
+            hint="save the checkpoint with the save_atomically you wrote in (a): a crash during "
+            "a plain save loses the best checkpoint of the run")
+
+
 @one_thread
-def check_keep_best(keep_best, seed: int = 0) -> None:
-    """(b) After every call, the folder holds exactly the n best checkpoints so far, each whole."""
+def check_keep_best(keep_best, save_atomically, seed: int = 0) -> None:
+    """(b) After every call, the folder holds exactly the n best checkpoints so far, each whole,
+    each saved with the learner's save_atomically, whatever order the folder lists its files in."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     root = Path(tempfile.mkdtemp(prefix="ex07-b-"))
     watched = code_objects(_library_ranking())
     calls = 0
-    # A run alone, keeping only the best one.
+    # A run alone, keeping only the best one, with the default direction ("max"); the folder
+    # lists its files oldest first.
     entries = _scenario(rng, 1, "max")
     states = _keep_best_states(generator, entries)
     folder = root / "single"
     folder.mkdir()
     for index, (step, metric) in enumerate(entries):
-        _call_watched(keep_best, folder, step, metric, states[step], 1, "max", name="keep_best",
-                      watched=watched, modules=(LOOP_MODULE,), instead=_KEEP_INSTEAD)
+        _keep(keep_best, save_atomically, watched, folder, step, metric, states[step], 1, None,
+              descending=False)
         calls += 1
         _check_folder(folder, entries[: index + 1], states, 1, "max",
-                      f"after keep_best(..., step={step}, metric={metric}, n=1, direction='max')")
+                      f"after keep_best(..., step={step}, metric={metric}, n=1) (direction "
+                      "left at its default)")
     # A folder that already holds checkpoints, as after a crash and a resume in a new process.
-    _check_folder_from_earlier_process(keep_best, root / "resumed", generator, watched)
+    _check_folder_from_earlier_process(keep_best, save_atomically, root / "resumed", generator,
+                                       watched)
     calls += 1
     # Two runs in two folders, their calls interleaved: a ranking kept in memory mixes them up.
+    # One folder lists its files newest first, the other oldest first.
     runs = []
-    for name, n, direction in (("accuracy", 3, "max"), ("loss", 2, "min")):
+    for name, n, direction, descending in (("accuracy", 3, "max", True), ("loss", 2, "min", False)):
         entries = _scenario(rng, n, direction)
         folder = root / name
         folder.mkdir()
-        runs.append((folder, entries, _keep_best_states(generator, entries), n, direction))
+        runs.append((folder, entries, _keep_best_states(generator, entries), n, direction,
+                     descending))
     for index in range(len(runs[0][1])):
-        for run_index, (folder, entries, states, n, direction) in enumerate(runs):
+        for run_index, (folder, entries, states, n, direction, descending) in enumerate(runs):
             step, metric = entries[index]
             # One folder as a Path, the other as a str: both are paths.
             where_arg = folder if run_index == 0 else str(folder)
-            _call_watched(keep_best, where_arg, step, metric, states[step], n, direction,
-                          name="keep_best", watched=watched, modules=(LOOP_MODULE,),
-                          instead=_KEEP_INSTEAD)
+            _keep(keep_best, save_atomically, watched, where_arg, step, metric, states[step], n,
+                  direction, descending)
             calls += 1
             where = (f"after keep_best(..., step={step}, metric={metric}, n={n}, "
                      f"direction={direction!r})")
             _check_folder(folder, entries[: index + 1], states, n, direction, where)
-    passed(f"after each of {calls} calls in four folders (n = 3, 2, 1; max and min; ties at the "
-           "boundary; the last evaluation the worst; one folder holding checkpoints of an earlier "
-           "process), the folder held exactly the n best checkpoints so far, each with the state "
-           "saved at its step")
+    passed(f"after each of {calls} calls in four folders (n = 3, 2, 1; max, min and the default; "
+           "ties at the boundary; the last evaluation the worst; files listed oldest first and "
+           "newest first; one folder holding checkpoints of an earlier process), the folder held "
+           "exactly the n best checkpoints so far, each saved with your save_atomically and "
+           "holding the state saved at its step")
 
 
-def _check_folder_from_earlier_process(keep_best, folder: Path, generator: torch.Generator,
-                                       watched: dict) -> None:
+def _check_folder_from_earlier_process(keep_best, save_atomically, folder: Path,
+                                       generator: torch.Generator, watched: dict) -> None:
     """Three checkpoints saved by an earlier process, then one call: the new one ranks last."""
     folder.mkdir()
     entries = [(10, 0.81), (20, 0.86), (30, 0.84), (40, 0.62)]
@@ -437,8 +685,8 @@ def _check_folder_from_earlier_process(keep_best, folder: Path, generator: torch
     for step, metric in entries[:-1]:
         torch.save({"step": step, "metric": metric, "state": states[step]}, folder / f"step_{step:06d}.pt")
     step, metric = entries[-1]
-    _call_watched(keep_best, folder, step, metric, states[step], 2, "max", name="keep_best",
-                  watched=watched, modules=(LOOP_MODULE,), instead=_KEEP_INSTEAD)
+    _keep(keep_best, save_atomically, watched, folder, step, metric, states[step], 2, "max",
+          descending=True)
     kept = sorted(int(p.name[5:11]) for p in folder.glob("step_*.pt"))
     expected = reference_kept(entries, 2, "max")
     if kept != sorted(expected):
@@ -525,7 +773,7 @@ def _scramble_rng(value: int) -> None:
 _RESUME_INSTEAD = "save the state_dict()s, the counters and the RNG state, and load them back"
 
 
-def _check_restored(run: Run, saved: dict, step: int, snapshots: dict) -> None:
+def _check_restored(run: Run, saved: dict, step: int, snapshots: dict, built: Run) -> None:
     """Right after load_run: each part of the run as it was when saved, each with its own message."""
     position = (run.step, run.epoch, run.batch)
     s_step, s_epoch, s_batch = saved["position"]
@@ -535,6 +783,7 @@ def _check_restored(run: Run, saved: dict, step: int, snapshots: dict) -> None:
             raise CheckFailure(f"load_run was given the file saved at step {step}, and put back the "
                                f"run of step {other_step}", hint="read everything from the file at "
                                "`path`: a resumed run starts in a new process, with nothing in memory")
+    _check_in_place(run, built)
     require(_same(run.model.state_dict(), saved["model"]), f"after load_run the model's weights are "
             f"not those saved at step {step}", hint="save model.state_dict() and load it with "
             "model.load_state_dict")
@@ -571,14 +820,52 @@ def _check_restored(run: Run, saved: dict, step: int, snapshots: dict) -> None:
             "torch.set_rng_state at the end of load_run")
 
 
+def _dropout_rates(model: nn.Module) -> list[float]:
+    return [module.p for module in model.modules() if isinstance(module, nn.Dropout)]
+
+
+def _check_in_place(run: Run, built: Run) -> None:
+    """The run make_run built, restored in place: the same objects, the optimizer's class, the
+    model's dropout and training mode as built, the schedule driving the run's optimizer."""
+    if run.optimizer is not built.optimizer:
+        kind = type(run.optimizer).__name__
+        raise CheckFailure(f"load_run replaced the run's optimizer (AdamW, built by make_run) with "
+                           f"a new {kind}" + (", another algorithm" if kind != "AdamW" else ""),
+                           hint="load the saved state into the optimizer the run already has "
+                           "(run.optimizer.load_state_dict): the schedule steps that object, and "
+                           "the algorithm is part of the run")
+    require(type(run.optimizer) is torch.optim.AdamW, "after load_run the run's optimizer is a "
+            f"{type(run.optimizer).__name__}, not the AdamW make_run built",
+            hint="keep the optimizer make_run built; load its state into it")
+    if run.model is not built.model:
+        rates, built_rates = _dropout_rates(run.model), _dropout_rates(built.model)
+        extra = f" with dropout {rates}, not {built_rates}" if rates != built_rates else ""
+        raise CheckFailure(f"load_run replaced the run's model with a new one{extra}: the "
+                           "optimizer still updates the parameters of the old one",
+                           hint="load the weights into the model the run already has "
+                           "(run.model.load_state_dict)")
+    require(_dropout_rates(run.model) == _dropout_rates(built.model), "load_run changed the "
+            f"model's dropout to {_dropout_rates(run.model)}", hint="load weights only; leave the "
+            "model's layers as make_run built them")
+    require(run.model.training, "after load_run the model is in eval mode: dropout is off, and "
+            "the run was saved while training", hint="a resumed run goes on training: do not call "
+            "model.eval() in load_run")
+    require(run.scheduler is built.scheduler and
+            getattr(run.scheduler, "optimizer", None) is run.optimizer,
+            "after load_run the schedule no longer drives the run's optimizer",
+            hint="load the saved state into the scheduler the run already has "
+            "(run.scheduler.load_state_dict)")
+
+
 def _largest_difference(a: dict, b: dict) -> float:
     return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a.values(), b.values()))
 
 
 @one_thread
-def check_resume(save_run, load_run, seed: int = 0) -> None:
-    """(c) A run saved mid-epoch and at an epoch's end, restored into a fresh run, ends bit for bit
-    where the uninterrupted run ends."""
+def check_resume(save_run, load_run, save_atomically, load_safely, seed: int = 0) -> None:
+    """(c) A run saved mid-epoch and at an epoch's end (with the learner's save_atomically),
+    restored in place into a fresh run (with the learner's load_safely), ends bit for bit where
+    the uninterrupted run ends."""
     rng = random.Random(seed)
     train_set = load_digits_splits(seed=seed).train
     steps_per_epoch = -(-len(train_set) // BATCH_SIZE)
@@ -594,17 +881,28 @@ def check_resume(save_run, load_run, seed: int = 0) -> None:
     for step in (middle, boundary):
         train_until(interrupted, train_set, step, data_seed)
         saved[step] = _snapshot(interrupted)
-        _call_watched(save_run, interrupted, folder / f"run-{step}.pt", name="save_run",
-                      modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
+        with OwnCalls(save_atomically) as own:
+            _call_watched(save_run, interrupted, folder / f"run-{step}.pt", name="save_run",
+                          modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
+        require(str((folder / f"run-{step}.pt").resolve()) in own.paths(1),
+                "save_run did not write its file with your save_atomically",
+                hint="a run's checkpoint is the file a crash must not break: save it with the "
+                "save_atomically you wrote in (a)")
         torch.set_rng_state(saved[step]["rng"])  # whatever save_run drew, the run goes on from here
         _load_plain(folder / f"run-{step}.pt", "the file save_run wrote")
     # Resume each, in a fresh run with other initial weights, after the generators moved on.
     for step in (middle, boundary):
         fresh = make_run(seed + 100)
         _scramble_rng(rng.randrange(1, 10**6))
-        _call_watched(load_run, fresh, folder / f"run-{step}.pt", name="load_run",
-                      modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
-        _check_restored(fresh, saved[step], step, saved)
+        built = Run(fresh.model, fresh.optimizer, fresh.scheduler)
+        with OwnCalls(load_safely) as own:
+            _call_watched(load_run, fresh, folder / f"run-{step}.pt", name="load_run",
+                          modules=(LOOP_MODULE,), instead=_RESUME_INSTEAD)
+        _check_restored(fresh, saved[step], step, saved, built)
+        require(str((folder / f"run-{step}.pt").resolve()) in own.paths(0),
+                "load_run did not read the file with your load_safely",
+                hint="a checkpoint may come from anywhere: load it with the load_safely you "
+                "wrote in (a)")
         train_until(fresh, train_set, TOTAL_STEPS, data_seed)
         weights, expected = fresh.model.state_dict(), reference.model.state_dict()
         if not _same(weights, expected):

@@ -33,6 +33,16 @@ RANK_SHIFT times the rank, so that the ranks' BatchNorm statistics differ even w
 answer has every rank read the same examples; the validation shards hold VAL_SIZES examples, and
 half of rank 1's carry a wrong label, so that the ranks' accuracies differ widely and the mean of
 the two accuracies is far from the accuracy over all examples.
+
+Exactness: the checkpoint's tensors must keep the model's dtypes and shapes; the returned accuracy
+must be a Python float within ACCURACY_TOLERANCE (float32's rounding) of the pooled accuracy; the
+BatchNorm statistics within STATS_TOLERANCE of the ranks' mean.
+
+Time: no fixed limit decides that a run hangs. Every forward pass of the model beats
+`course_lib.distributed.heartbeat`, and `launch` stops the processes once no rank has beaten for
+STALL_S seconds or for STALL_RATIO times the start-up it measured in the same call, whichever is
+longer: on a loaded machine the start-up and a healthy run slow down together. LAUNCH_TIMEOUT_S is
+a safety net only.
 """
 
 from __future__ import annotations
@@ -89,20 +99,33 @@ TRAIN_SIZE = 301
 RANK_SHIFT = 0.1
 # Unequal shards (rank 0, rank 1) of the 270 validation digits; half of rank 1's are mislabelled.
 # Averaging the two accuracies is then off by (a0 - a1)(181 - 89) / (2 * 270), which measured
-# 0.037 to 0.080 over 16 seeds, against a tolerance of 1e-4.
+# 0.037 to 0.080 over 16 seeds. The tolerance is float32 division's rounding (about 6e-8 on a
+# number below 1) with room to spare: a figure rounded to 4 decimals, or computed in float16, fails.
 VAL_SIZES = (181, 89)
-ACCURACY_TOLERANCE = 1e-4
-# BatchNorm statistics are compared with float32 arithmetic's slack. The ranks' own statistics
-# differed by at least 3e-3 in every buffer over 16 seeds: one rank's copy never passes for the mean.
-STATS_TOLERANCE = 1e-5
+ACCURACY_TOLERANCE = 1e-6
+# BatchNorm statistics are compared with float32 arithmetic's slack (a sum of two float32 values
+# and a division, in whatever order: a few units in the last place, about 1e-7 relative). The
+# ranks' own statistics differed by at least 3e-3 in every buffer over 16 seeds: one rank's copy
+# never passes for the mean.
+STATS_TOLERANCE = 1e-6
 # Rank 0 pauses this long before it writes: a rank that does not wait returns before the file
 # exists. Enough for a rank that only has to return from a function.
 SAVE_PAUSE_S = 0.5
 # Default seeds: each one is a whole run of the learner's function, inside one launch.
 SEEDS = (0,)
-# A run that takes longer is waiting forever (a collective call that some rank never makes);
-# the grader gives a cell 60 s by default, and this message should come first.
-LAUNCH_TIMEOUT_S = 45.0
+# A run in which no rank runs a forward pass (each one beats course_lib.distributed.heartbeat) or
+# returns for this long is waiting in a collective call that some rank never makes. A healthy run
+# beats every few hundred milliseconds on a quiet machine (its longest quiet moment is rank 0's
+# SAVE_PAUSE_S before the write), so the margin is some 60 times that pause; and on a quiet
+# machine the verdict comes that long after the run stopped, inside a grader's 60 s cell limit.
+STALL_S = 30.0
+# ... or this many times the launch's start-up (spawning the processes, importing torch, joining
+# the group), measured in the same call, when that is longer: on a machine loaded ten times over,
+# start-up took 40 to 60 s and a healthy run's quiet moments grew in step. With the start-up
+# itself as the limit, the reference was once stopped at a load average of 22, hence twice it.
+STALL_RATIO = 2.0
+# The whole launch's limit, a safety net only: a run that keeps beating is slow, not stuck.
+LAUNCH_TIMEOUT_S = 600.0
 
 hint = make_hint({
     "a": "Wrap the writing in `if is_main_process():` (or `get_rank() == 0`), save the plain "
@@ -316,7 +339,7 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
                  folder: Path) -> dict:
     """One run of the learner's function in this rank, and what the check saw of it."""
     from course_lib.checkpoint import load_checkpoint
-    from course_lib.distributed import barrier
+    from course_lib.distributed import barrier, heartbeat
     from course_lib.models import SmallCNN
 
     writes.clear()
@@ -333,6 +356,7 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
             own_stats[f"{name}.running_var"] = module.running_var.detach().clone()
 
     def after_model(module, args, output):
+        heartbeat()
         if module.training:
             trained[0] += 1
         else:
@@ -345,6 +369,7 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
     train, val = _check_data(seed, rank, digits)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
+    heartbeat(every_s=0.0)
     try:
         returned = function(model, train, val, str(path), epochs=EPOCHS, batch_size=BATCH_SIZE,
                             seed=seed)
@@ -359,16 +384,18 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
     for handle in handles:
         handle.remove()
     barrier()
+    heartbeat(every_s=0.0)
     checkpoint = None
     if rank == 0 and path.exists():
         try:
             checkpoint = load_checkpoint(path)
         except Exception as error:  # noqa: BLE001 - described, not raised
             checkpoint = f"{type(error).__name__}: {error}"
-    try:
+    heartbeat(every_s=0.0)
+    if isinstance(returned, float):  # a Python float (numpy's float64 is one too)
         returned = float(returned)
-    except (TypeError, ValueError):
-        returned = repr(returned)[:60]
+    else:
+        returned = f"a {type(returned).__module__}.{type(returned).__qualname__}: {repr(returned)[:50]}"
     record = {
         "seed": seed, "rank": rank, "writes": list(writes),
         "exists_on_return": exists_on_return, "exists_after": path.exists(),
@@ -378,6 +405,8 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
         "predictions": torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long),
         "returned": returned, "library_calls": list(calls),
         "plain_keys": sorted(model.state_dict()),
+        "plain_kinds": {key: (str(value.dtype), tuple(value.shape))
+                        for key, value in model.state_dict().items()},
     }
     barrier()
     return record
@@ -406,7 +435,8 @@ def observe(functions, seeds=SEEDS, pause_s: float = 0.0, name: str = "train_dis
         try:
             per_rank = launch(_observe, WORLD_SIZE,
                               [(m.folder, m.module_name, m.function_name) for m in modules],
-                              list(seeds), run_dir, pause_s, _digits(), timeout_s=timeout_s)
+                              list(seeds), run_dir, pause_s, _digits(), timeout_s=timeout_s,
+                              stalled_s=STALL_S, stalled_ratio=STALL_RATIO)
         except RuntimeError as error:
             raise _explain_launch_failure(str(error), name) from None
         finally:
@@ -442,6 +472,13 @@ def _explain_launch_failure(message: str, name: str) -> CheckFailure:
         return CheckFailure(f"{name} raised on rank {rank}: {detail}",
                             hint="run the function's cell again after fixing it; the error "
                             "happened inside one of the two processes")
+    if "stalled" in message:
+        return CheckFailure(f"{name} stopped making progress: no rank ran a forward pass or "
+                            f"returned for {STALL_S:.0f} s (or for as long as the processes "
+                            "took to start, if longer)",
+                            hint="a rank that waits in a collective call (all_reduce, barrier) "
+                            "that another rank never makes waits forever: call every collective "
+                            "on every rank, outside `if rank == 0:` blocks")
     if "returned nothing" in message:
         return CheckFailure(f"{name} did not finish in time",
                             hint="a rank that waits in a collective call (all_reduce, barrier) "
@@ -504,6 +541,17 @@ def judge_checkpoint(runs, name: str = "train_distributed") -> None:
                                hint="save the state dict of the model you were given, not of the "
                                "DistributedDataParallel wrapper (whose keys start with 'module.')"
                                if prefixed else "save model.state_dict() of the model you trained")
+        for key in keys:
+            value = checkpoint["model"][key]
+            kind = ((str(value.dtype), tuple(value.shape)) if isinstance(value, torch.Tensor)
+                    else (type(value).__name__, None))
+            if kind != zero["plain_kinds"][key]:
+                dtype, shape = zero["plain_kinds"][key]
+                raise CheckFailure(f"the checkpoint's {key} is {kind[0]} of shape {kind[1]}",
+                                   expected=f"{dtype} of shape {shape}, as in the model",
+                                   hint="save model.state_dict() as it is: no conversion to "
+                                   "another dtype or container, which a plain SmallCNN would "
+                                   "not load as it was trained")
     passed(f"only rank 0 wrote the checkpoint, and every rank waited for it ({_runs(runs)})")
 
 
@@ -685,8 +733,9 @@ def judge_validation_accuracy(runs, name: str = "train_distributed") -> None:
                     abs(got - expected) <= ACCURACY_TOLERANCE:
                 continue
             if not isinstance(got, float):
-                raise CheckFailure(f"rank {record['rank']} returned {got}, not a number",
-                                   hint="return the validation accuracy as a float")
+                raise CheckFailure(f"rank {record['rank']} returned {got}, not a Python float",
+                                   hint="return a plain Python float (a tensor's .item() is one), "
+                                   "not a tensor or an array")
             if abs(got - mean_of_ranks) <= ACCURACY_TOLERANCE:
                 hint = ("that is the mean of the ranks' accuracies, but the shards differ in size "
                         f"({counts[0]} and {counts[1]}): add up correct predictions and counts "
@@ -694,6 +743,12 @@ def judge_validation_accuracy(runs, name: str = "train_distributed") -> None:
             elif abs(got - own) <= ACCURACY_TOLERANCE:
                 hint = ("that is this rank's own accuracy: all-reduce the correct predictions "
                         "and the counts, then divide")
+            elif any(abs(got - round(expected, places)) <= 1e-12 for places in range(1, 6)):
+                hint = (f"that is the right accuracy rounded: do not round the returned figure "
+                        f"(the check allows {ACCURACY_TOLERANCE:g}, float32's rounding)")
+            elif abs(got - expected) <= 1e-2:
+                hint = ("close, but not within float32's rounding: divide in float32 or float64 "
+                        f"(not float16), and do not round (the check allows {ACCURACY_TOLERANCE:g})")
             else:
                 hint = ("divide the all-reduced number of correct predictions by the all-reduced "
                         "number of examples")
