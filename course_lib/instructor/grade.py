@@ -99,6 +99,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import copy
 import csv
 import logging
 import os
@@ -107,7 +108,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -561,7 +561,7 @@ def build_graded_notebook(
             roles.append(("setup", ""))
         elif ident in expected:
             cells.append(new_code_cell(with_fresh_checks(to_run.get(ident, cell.source), imports),
-                                       metadata={"exercise": copy.deepcopy(cell.metadata["exercise"])}))
+                                       metadata=copy.deepcopy(cell.metadata)))
             roles.append(("check", ident))
         else:
             if not guarded:
@@ -574,7 +574,7 @@ def build_graded_notebook(
             notes += [f"answer {ident}: {note}" for note in dropped if "parse" in note]
             flagged += suspicious_constructs(learner.get(ident, ""))
             cells.append(new_code_cell(
-                source, metadata={"exercise": copy.deepcopy(cell.metadata["exercise"])}
+                source, metadata=copy.deepcopy(cell.metadata)
             ))
             roles.append(("answer", ident))
     if not guarded:
@@ -874,6 +874,9 @@ def _grade_notebook(path: Path, reference, timeout: float, sandbox: bool = True)
         # A check the learner deleted counts as failed, as it always has.
         row["checks"][ident] = results.get(index, False) and untouched and ident in present
     row["messages"] = check_messages(runnable, row["checks"])
+    for ident in row["messages"]:
+        if ident not in present:
+            row["messages"][ident] = "check cell deleted"
     if tampered_at is not None:
         for ident, ok in row["checks"].items():
             if not ok and ident not in row["messages"]:
