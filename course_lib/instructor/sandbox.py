@@ -182,9 +182,11 @@ class Sandbox:
         if os.geteuid() != 0:
             args += ["--unshare-user"]  # unprivileged bwrap needs a user namespace of its own
         args += _system_binds()
+        # The private /tmp first, then the interpreter: a checkout or a virtual environment that
+        # lives under /tmp must stay visible through it.
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
         for folder in _interpreter_folders():
             args += ["--ro-bind", str(folder.resolve()), str(folder)]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
         args += ["--bind", str(self.root), str(self.root)]
         args += ["--ro-bind", str(self.lib), str(self.lib)]
         args += ["--chdir", str(self.work), "--"]
