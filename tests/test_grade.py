@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -264,6 +266,35 @@ def guard_submissions():
             "from demo_checks import check_double",
         ),
     }
+
+
+def _descendants(pid: int) -> list[str]:
+    """The command lines of every living process below `pid`."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(
+                b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(commands.get(child, ""))
+        todo += children.get(child, [])
+    return found
+
+
+@pytest.mark.notebooks
+def test_no_kernel_outlives_its_notebook(rows):
+    """Each submission's kernel (and its sandbox) is killed as soon as it is graded."""
+    left = [command for command in _descendants(os.getpid())
+            if "ipykernel" in command or "bwrap" in command]
+    assert left == []
 
 
 @pytest.mark.notebooks

@@ -159,6 +159,7 @@ class _CurrentPythonKernelManager(AsyncKernelManager):
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         await super()._async_launch_kernel(kernel_cmd, **kw)
         process = getattr(self.provisioner, "process", None)
+        self._box_pid = process.pid if process is not None else None
         self.wall_clock_expired = False
         if process is not None and self.wall_s > 0:
 
@@ -178,6 +179,20 @@ class _CurrentPythonKernelManager(AsyncKernelManager):
         timer = getattr(self, "_wall_timer", None)
         if timer is not None:
             timer.cancel()
+
+    def kill_box(self) -> None:
+        """Kill whatever the kernel's process group still holds, once the notebook is done.
+
+        The kernel starts in a session of its own, so its process group is the sandbox (or, with
+        --no-sandbox, the kernel and the children that did not start a session of their own).
+        """
+        pid = getattr(self, "_box_pid", None)
+        if pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError, ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 class _GiveUp(Exception):
@@ -710,7 +725,11 @@ def _run(
     try:
         # The kernel process's own stdout/stderr carry only start-up chatter; a notebook's prints
         # and errors travel over the kernel protocol and land in the cell outputs.
+        # cleanup_kc: nbclient shuts down only the kernels of managers it made itself, and this
+        # one is ours; without it every graded notebook's kernel would live on until the grader
+        # exits (about 300 MB each).
         client.execute(
+            cleanup_kc=True,
             env=box.environment(kernel_env(str(box.tmp))),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -733,6 +752,7 @@ def _run(
         crash = f"could not run it: {type(error).__name__}: {error}".splitlines()[0]
     finally:
         manager.stop_wall_clock()
+        manager.kill_box()
     return results, verdicts, timeouts, crash
 
 
