@@ -67,7 +67,7 @@ ATTEMPTS = {
         "    return torch.tensor(0.0)"
     ),
     "rebound check names": (
-        "check_focal_loss = check_warmup_cosine = check_make_scheduler = "
+        "check_focal_loss = check_warmup_stable_decay = check_make_scheduler = "
         "lambda *args, **kwargs: print('✓')"
     ),
     "edited check cells": "edited",  # built below: every check cell becomes a print
@@ -83,7 +83,7 @@ ATTEMPTS = {
         "        try:\n"
         "            with open(path, 'a') as handle:\n"
         "                handle.write('\\ndef check_focal_loss(*a, **k): pass\\n'\n"
-        "                             'def check_warmup_cosine(*a, **k): pass\\n'\n"
+        "                             'def check_warmup_stable_decay(*a, **k): pass\\n'\n"
         "                             'def check_make_scheduler(*a, **k): pass\\n')\n"
         "            done.append(path)\n"
         "        except OSError:\n"
@@ -181,7 +181,7 @@ def _submissions(gradebook: Path, port: int) -> dict[str, nbformat.NotebookNode]
             notebook = _with_first_answer("")
             notebook.cells.insert(0, nbformat.v4.new_code_cell(
                 "import torch\ntorch.allclose = torch.isclose = lambda *a, **k: True\n"
-                "check_focal_loss = check_warmup_cosine = check_make_scheduler = print"))
+                "check_focal_loss = check_warmup_stable_decay = check_make_scheduler = print"))
         elif source == "leftover":
             code = (
                 "import time\n"

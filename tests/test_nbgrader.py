@@ -48,12 +48,13 @@ SOLUTIONS = solution_notebooks(ROOT)
 HIDDEN_MARK = "hidden tests ran"
 HIDDEN = f"### BEGIN HIDDEN TESTS\nprint({HIDDEN_MARK!r})\n### END HIDDEN TESTS"
 NBGRADER = ROOT / ".venv" / "bin" / "nbgrader"
-# The wrong answer: lesson 01's learning-rate multiplier decays linearly instead of along a cosine.
+# The wrong answer: exercise 01's learning-rate multiplier decays in a straight line instead of as
+# one over the square root of the step (COSINE: the solution's decay line; LINEAR: the wrong one).
 WRONG_NOTEBOOK = "01_anatomy_of_a_training_loop"
 WRONG_CHECK = "ex01-check-lr-multiplier"
 RIGHT_CHECK = "ex01-check-evaluate"
-COSINE = "return 0.5 * (1.0 + math.cos(math.pi * progress))"
-LINEAR = "return 1.0 - progress"
+COSINE = "return math.sqrt(max(1, warmup_steps) / max(1, step))"
+LINEAR = "return (total_steps - step) / (total_steps - warmup_steps)"
 
 
 def readme_commands() -> tuple[str, str, str, str]:

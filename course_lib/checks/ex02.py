@@ -1,9 +1,11 @@
-"""Checks for exercise 02, a focal loss and a warmup-cosine schedule (introduced in exercise 02).
+"""Checks for exercise 02, a focal loss and a warmup-stable-decay schedule (introduced in exercise 02).
 
 The exercise: (a) write a multi-class `focal_loss(logits, targets, gamma, alpha=None)`, the mean
-over the batch of -alpha_t * (1 - p_t) ** gamma * log(p_t); (b) write `warmup_cosine(step,
-warmup_steps, total_steps, min_lr_ratio)`, the multiplier of the base learning rate that LambdaLR
-takes; (c) build the LambdaLR scheduler around it.
+over the batch of -alpha_t * (1 - p_t) ** gamma * log(p_t); (b) write `warmup_stable_decay(step,
+warmup_steps, total_steps, decay_steps, min_lr_ratio)`, the multiplier of the base learning rate
+that LambdaLR takes: a linear warmup, a plateau at 1, then a straight line down to min_lr_ratio
+over the last decay_steps steps (the shape MiniCPM trained with, Hu et al. 2024,
+arXiv:2404.06395, whose own decay was exponential); (c) build the LambdaLR scheduler around it.
 
 The checks recompute every value with a float64 reference, run the learner's loss backward
 themselves, and drive the schedule through a real optimizer and LambdaLR they build, reading the
@@ -37,20 +39,21 @@ from course_lib.checks._core import (
 LOSS_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 GRAD_ATOL = 1e-5
 # A schedule is a formula in Python floats: a correct answer differs from it by a few units in the
-# last place (1e-16); 1e-12 leaves room for any order of operations, and no room for float32
-# arithmetic, a typed-in pi or an epsilon added to a denominator.
+# last place (1e-16; the decay written as 1 - (1 - r) * t or r + (1 - r) * (1 - t) differ by less
+# than 3e-16); 1e-12 leaves room for any order of operations, and no room for float32 arithmetic
+# or an epsilon added to a denominator.
 SCHEDULE_ATOL = 1e-12
 
 hint = make_hint({
     "a": "take log(p) from F.log_softmax (never log of softmax), pick each example's log p_t with "
     "gather, get p_t back with exp, weight -log p_t by (1 - p_t) ** gamma and by alpha[target], "
     "and average over the examples",
-    "b": "two pieces: during warmup the multiplier rises linearly from 0 at step 0 to 1 at step "
-    "warmup_steps; after it, progress runs from 0 to 1 over the remaining total_steps - "
-    "warmup_steps steps and the multiplier is min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + "
-    "cos(pi * progress))",
+    "b": "draw the three phases on a time line from 0 to total_steps and write down the step at "
+    "which each one begins. Which phase does a step belong to, and which test must come first so "
+    "that no edge (warmup_steps = 0, decay_steps = 0, a step past the end) divides by zero?",
     "c": "LambdaLR(optimizer, lr_lambda) multiplies each group's base LR by lr_lambda(step): give "
-    "it a function of the step alone that calls your warmup_cosine with the other arguments fixed",
+    "it a function of the step alone that calls your warmup_stable_decay with the other arguments "
+    "fixed",
 })
 
 
@@ -76,7 +79,7 @@ def _library_schedules() -> dict:
 
     return code_objects([schedules.warmup_cosine_multiplier, schedules.warmup_cosine,
                           schedules.schedule_curve, schedules.build_scheduler,
-                          schedules.warmup_linear_multiplier])
+                          schedules.warmup_linear_multiplier, schedules.warmup_constant_multiplier])
 
 
 def _refuse_delegation(calls: CallWatch, who: str, asked: str) -> None:
@@ -297,27 +300,44 @@ def check_focal_loss(focal_loss, *, seed: int = 0) -> None:
            "the formula's")
 
 
-# ---- (b) warmup_cosine ---------------------------------------------------------------------------
+# ---- (b) warmup_stable_decay ---------------------------------------------------------------------
 
 
-def reference_multiplier(step: int, warmup_steps: int, total_steps: int,
+def reference_multiplier(step: int, warmup_steps: int, total_steps: int, decay_steps: int,
                          min_lr_ratio: float = 0.0) -> float:
-    """The contract: 0 at step 0, 1 at step warmup_steps, min_lr_ratio at step total_steps."""
+    """The contract: a ramp from 0, a plateau at 1, a straight line down to min_lr_ratio over the
+    last decay_steps steps, and min_lr_ratio from total_steps on."""
+    if step >= total_steps:
+        return min_lr_ratio
     if step < warmup_steps:
         return step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1.0 - min_lr_ratio) * (step - decay_start) / decay_steps
+
+
+def _lesson_warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio):
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _linear_multiplier(step, warmup_steps, total_steps, min_lr_ratio=0.0):
+def _decay_after_warmup(step, warmup_steps, total_steps, min_lr_ratio):
     if step < warmup_steps:
         return step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
-    return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 1.0 - (1.0 - min_lr_ratio) * progress
 
 
-# (warmup_steps, total_steps, min_lr_ratio): a usual one, a floor, and the shortest warmup.
-SCHEDULE_CASES = ((10, 100, 0.0), (7, 50, 0.1), (1, 12, 0.05))
+# (warmup_steps, total_steps, decay_steps, min_lr_ratio): a usual one, a floor, the shortest
+# warmup, then the edges, each named when it fails: no warmup, no decay phase, no plateau (the
+# decay begins where the warmup ends), and a run that is all decay.
+SCHEDULE_CASES = ((10, 100, 20, 0.0), (7, 50, 10, 0.1), (1, 12, 3, 0.05), (0, 30, 6, 0.2),
+                  (5, 25, 0, 0.1), (8, 20, 12, 0.0), (0, 16, 16, 0.25))
+# Past the end of the run: a straight line continued would fall below the floor within a step.
+PAST_THE_END = 5
 BASE_LR = 0.5
 
 
@@ -348,93 +368,141 @@ def _lrs_used(optimizer, scheduler, steps: int) -> list[list[float]]:
     return used
 
 
-def _diagnose_curve(got: list[float], warmup: int, total: int, ratio: float, name: str,
-                    what: str) -> None:
-    """Raise the failure naming the mistake in a multiplier curve over steps 0..total."""
-    expected = [reference_multiplier(s, warmup, total, ratio) for s in range(total + 1)]
-    wrong = [s for s in range(total + 1) if abs(got[s] - expected[s]) > SCHEDULE_ATOL]
+def _case(warmup, total, decay, ratio) -> str:
+    return (f"(warmup_steps={warmup}, total_steps={total}, decay_steps={decay}, "
+            f"min_lr_ratio={ratio:g})")
+
+
+def _curve_hint(got: list[float], expected: list[float], first: int, warmup: int, total: int,
+                decay: int, ratio: float) -> str:
+    """The hint for a curve whose first wrong step is `first`."""
+    start = total - decay
+    if first > total:
+        return ("past total_steps the run is over: the factor stays at min_lr_ratio (a straight "
+                "line continued falls below the floor, then below 0)")
+    if first == total:
+        return (f"at step total_steps the decay has arrived: the factor is min_lr_ratio ({ratio:g}) "
+                "exactly, whatever decay_steps is")
+    if first == 0 and warmup == 0:
+        return "with warmup_steps = 0 there is no warmup: the very first step already uses 1"
+    if first == 0:
+        return "the first step (step 0) starts from 0: the warmup rises from nothing"
+    if first < warmup and got[first] == 0:
+        return (f"a factor of 0 at step {first}, where the warmup has already risen: an integer "
+                "division (//) or int() rounds the fraction down")
+    if first < warmup:
+        return ("during warmup the factor rises in a straight line, reaching exactly 1 at step "
+                "warmup_steps; check the bound of your warmup branch")
+    if first < start or (first == start and abs(got[first] - 1.0) > SCHEDULE_ATOL):
+        if all(abs(got[s] - _lesson_warmup_cosine(s, warmup, total, ratio)) <= SCHEDULE_ATOL
+               for s in range(total + 1)):
+            return ("that is the lesson's warmup + cosine; this schedule stays at 1 after the "
+                    "warmup and decays only over the last decay_steps steps")
+        if all(abs(got[s] - _decay_after_warmup(s, warmup, total, ratio)) <= SCHEDULE_ATOL
+               for s in range(total + 1)):
+            return ("the decay starts right after the warmup; here it waits on a plateau at 1 "
+                    "and begins decay_steps before total_steps")
+        return ("between the warmup and the decay the factor stays at exactly 1 (the stable "
+                "phase); the decay begins at step total_steps - decay_steps")
+    if all(got[s] == 1.0 for s in range(start, total)):
+        return ("the factor stayed at 1 through the decay phase, as if the decay never began: "
+                "check where it begins, and that no integer division (//) rounds its progress "
+                "down to 0")
+    if all(abs(got[s] - reference_multiplier(s, warmup, total, decay, 0.0)) <= SCHEDULE_ATOL
+           for s in range(total)):
+        return (f"the decay ends at min_lr_ratio ({ratio:g}), not at 0: the straight line runs "
+                "from 1 down to the floor")
+    return ("the decay is a straight line: 1 at step total_steps - decay_steps (its first step), "
+            "falling by the same amount each step, to reach min_lr_ratio at step total_steps")
+
+
+def _diagnose_curve(got: list[float], warmup: int, total: int, decay: int, ratio: float,
+                    name: str, what: str) -> None:
+    """Raise the failure naming the mistake in a multiplier curve over steps 0..len(got) - 1."""
+    expected = [reference_multiplier(s, warmup, total, decay, ratio) for s in range(len(got))]
+    wrong = [s for s in range(len(got)) if abs(got[s] - expected[s]) > SCHEDULE_ATOL]
     if not wrong:
         return
-    case = f"(warmup_steps={warmup}, total_steps={total}, min_lr_ratio={ratio:g})"
     first = wrong[0]
     measured = (f"{what} of step {first} was {got[first]:.6g}; the contract says "
                 f"{expected[first]:.6g}")
     largest = max(abs(got[s] - expected[s]) for s in wrong)
     if largest < 1e-5:
-        raise CheckFailure(f"{name} {case}: the {measured}, off by up to {largest:.2g}; the "
-                           f"tolerance is {SCHEDULE_ATOL:g}",
-                           hint="compute in Python floats with math.cos and math.pi: no float32 "
-                           "(numpy or torch), no pi typed in, no epsilon added to a denominator "
-                           "(the contract's denominators are never 0)")
-    if abs(got[0]) > SCHEDULE_ATOL and abs(got[0] - 1 / warmup) <= SCHEDULE_ATOL:
-        hint = ("the warmup is one step early: step 0, the first step, must have multiplier 0, and "
-                "step warmup_steps exactly 1")
-    elif abs(got[0]) > SCHEDULE_ATOL:
-        hint = "the first step (step 0) starts from 0: the warmup rises from nothing"
-    elif first <= warmup:
-        hint = ("during warmup the multiplier is step / warmup_steps, reaching exactly 1 at step "
-                "warmup_steps; check the bound of your warmup branch")
-    elif all(abs(got[s] - _linear_multiplier(s, warmup, total, ratio)) <= SCHEDULE_ATOL
-             for s in range(total + 1)):
-        hint = ("after the warmup this decays in a straight line; the contract is half a cosine: "
-                "0.5 * (1 + cos(pi * progress))")
-    elif abs(got[total] - ratio) > SCHEDULE_ATOL:
-        hint = (f"at step total_steps the multiplier must be min_lr_ratio ({ratio:g}), got "
-                f"{got[total]:.4g}: progress runs over total_steps - warmup_steps steps, and the "
-                "cosine is scaled into [min_lr_ratio, 1]")
-    else:
-        hint = ("after the warmup: progress = (step - warmup_steps) / (total_steps - "
-                "warmup_steps), multiplier = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * "
-                "(1 + cos(pi * progress))")
-    raise CheckFailure(f"{name} {case}: the {measured}", hint=hint)
+        raise CheckFailure(f"{name} {_case(warmup, total, decay, ratio)}: the {measured}, off by up "
+                           f"to {largest:.2g}; the tolerance is {SCHEDULE_ATOL:g}",
+                           hint="compute in Python floats: no float32 (numpy or torch), no "
+                           "epsilon added to a denominator (the contract never divides by 0)")
+    raise CheckFailure(f"{name} {_case(warmup, total, decay, ratio)}: the {measured}",
+                       hint=_curve_hint(got, expected, first, warmup, total, decay, ratio))
 
 
-def check_warmup_cosine(warmup_cosine) -> None:
-    """warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio): the contract's value at every
-    step, directly and as the learning rate a real LambdaLR gives each optimizer step."""
-    watched = _library_schedules()
-    for warmup, total, ratio in SCHEDULE_CASES:
-        with CallWatch(watched) as calls:
-            got = [_as_number(call_learner(warmup_cosine, s, warmup, total, ratio,
-                                           name="warmup_cosine"), s, "warmup_cosine")
-                   for s in range(total + 1)]
-        if calls.called:
-            raise CheckFailure(f"warmup_cosine called {calls.called[0]}, the library's own "
-                               "schedule", hint="this exercise asks you to write the formula "
-                               "yourself, with math.cos")
-        _diagnose_curve(got, warmup, total, ratio, "warmup_cosine", "multiplier")
+def _edge_of(warmup: int, decay: int) -> str:
+    if warmup == 0:
+        return ("with warmup_steps = 0 there is no warmup: the very first step already uses 1, and "
+                "nothing divides by warmup_steps")
+    if decay == 0:
+        return ("with decay_steps = 0 there is no decay phase: the plateau lasts until total_steps, "
+                "where the factor drops to min_lr_ratio; nothing divides by decay_steps")
+    return ""
+
+
+def _curve(warmup_stable_decay, warmup, total, decay, ratio=None) -> list[float]:
+    """The learner's multiplier at steps 0..total + PAST_THE_END, the library watched."""
+    args = () if ratio is None else (ratio,)
+    got = []
+    with CallWatch(_library_schedules()) as calls:
+        for s in range(total + 1 + PAST_THE_END):
+            try:
+                value = call_learner(warmup_stable_decay, s, warmup, total, decay, *args,
+                                     name="warmup_stable_decay")
+            except CheckFailure as error:
+                edge = _edge_of(warmup, decay)
+                if isinstance(error, NotImplementedYet) or not edge or _default_missing(error):
+                    raise
+                raise CheckFailure(f"{error.what}, at step {s} {_case(warmup, total, decay, ratio or 0.0)}",
+                                   hint=edge) from None
+            got.append(_as_number(value, s, "warmup_stable_decay"))
+    if calls.called:
+        raise CheckFailure(f"warmup_stable_decay called {calls.called[0]}, the library's own "
+                           "schedule", hint="this exercise asks you to write the schedule "
+                           "yourself, in plain Python")
+    return got
+
+
+def check_warmup_stable_decay(warmup_stable_decay) -> None:
+    """warmup_stable_decay(step, warmup_steps, total_steps, decay_steps, min_lr_ratio): the
+    contract's value at every step and past the end, directly and as the learning rate a real
+    LambdaLR gives each optimizer step."""
+    for warmup, total, decay, ratio in SCHEDULE_CASES:
+        got = _curve(warmup_stable_decay, warmup, total, decay, ratio)
+        _diagnose_curve(got, warmup, total, decay, ratio, "warmup_stable_decay", "multiplier")
         # The same through a real optimizer and LambdaLR: the LR each optimizer step used.
         optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=BASE_LR)
-        scheduler = LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, ratio))
+        scheduler = LambdaLR(optimizer, lambda s: warmup_stable_decay(s, warmup, total, decay, ratio))
         used = [lrs[0] / BASE_LR for lrs in _lrs_used(optimizer, scheduler, total)]
-        _diagnose_curve(used + [got[total]], warmup, total, ratio, "through LambdaLR, with "
-                        "warmup_cosine", "learning rate (over the base LR)")
+        _diagnose_curve(used + got[total:], warmup, total, decay, ratio, "through LambdaLR, with "
+                        "warmup_stable_decay", "learning rate (over the base LR)")
     # The contract's default: without min_lr_ratio the schedule falls to 0.
-    warmup, total = 6, 30
-    with CallWatch(watched) as calls:
-        try:
-            got = [_as_number(call_learner(warmup_cosine, s, warmup, total, name="warmup_cosine"),
-                              s, "warmup_cosine") for s in range(total + 1)]
-        except CheckFailure as error:
-            if isinstance(error, NotImplementedYet) or not _default_missing(error):
-                raise
-            raise CheckFailure("warmup_cosine could not be called without min_lr_ratio",
-                               got=error.what, hint="give min_lr_ratio the default 0.0 in the "
-                               "signature") from None
-    if calls.called:
-        raise CheckFailure(f"warmup_cosine called {calls.called[0]}, the library's own schedule",
-                           hint="this exercise asks you to write the formula yourself, with math.cos")
+    warmup, total, decay = 6, 30, 9
+    try:
+        got = _curve(warmup_stable_decay, warmup, total, decay)
+    except CheckFailure as error:
+        if isinstance(error, NotImplementedYet) or not _default_missing(error):
+            raise
+        raise CheckFailure("warmup_stable_decay could not be called without min_lr_ratio",
+                           got=error.what, hint="give min_lr_ratio the default 0.0 in the "
+                           "signature") from None
     if abs(got[total]) > SCHEDULE_ATOL:
-        raise CheckFailure(f"warmup_cosine({total}, {warmup}, {total}), called without "
-                           f"min_lr_ratio, returned {got[total]:.6g} at the last step; the "
-                           "contract's default min_lr_ratio is 0.0",
+        raise CheckFailure(f"warmup_stable_decay({total}, {warmup}, {total}, {decay}), called "
+                           f"without min_lr_ratio, returned {got[total]:.6g} at the last step; "
+                           "the contract's default min_lr_ratio is 0.0",
                            hint="give min_lr_ratio the default 0.0 in the signature")
-    _diagnose_curve(got, warmup, total, 0.0, "warmup_cosine without min_lr_ratio", "multiplier")
-    warmup, total, ratio = SCHEDULE_CASES[0]
-    passed(f"warmup_cosine follows the contract within {SCHEDULE_ATOL:g} at every step of "
-           f"{len(SCHEDULE_CASES) + 1} schedules (one with the default min_lr_ratio): 0 at step 0, "
-           f"1 at step {warmup}, falling to {ratio:g} at step {total}, also as the LR a real "
-           "LambdaLR gave each optimizer step")
+    _diagnose_curve(got, warmup, total, decay, 0.0, "warmup_stable_decay without min_lr_ratio",
+                    "multiplier")
+    passed(f"warmup_stable_decay follows the contract within {SCHEDULE_ATOL:g} at every step of "
+           f"{len(SCHEDULE_CASES) + 1} schedules and {PAST_THE_END} steps past each one's end "
+           "(without warmup, without decay, without plateau, all decay, and with the default "
+           "min_lr_ratio), also as the LR a real LambdaLR gave each optimizer step")
 
 
 # ---- (c) the scheduler ---------------------------------------------------------------------------
@@ -444,25 +512,25 @@ def _default_missing(error: CheckFailure) -> bool:
     return "TypeError" in error.what and "min_lr_ratio" in error.what
 
 
-def check_make_scheduler(make_scheduler, warmup_cosine) -> None:
-    """make_scheduler(optimizer, warmup_steps, total_steps, min_lr_ratio=0.0): a LambdaLR over the
-    learner's warmup_cosine, giving every parameter group its base LR times the multiplier; once
-    with min_lr_ratio given, once with its default."""
-    for warmup, total, ratio in ((5, 40, 0.1), (3, 17, None)):
-        _check_one_scheduler(make_scheduler, warmup_cosine, warmup, total, ratio)
+def check_make_scheduler(make_scheduler, warmup_stable_decay) -> None:
+    """make_scheduler(optimizer, warmup_steps, total_steps, decay_steps, min_lr_ratio=0.0): a
+    LambdaLR over the learner's warmup_stable_decay, giving every parameter group its base LR
+    times the multiplier; once with min_lr_ratio given, once with its default."""
+    for warmup, total, decay, ratio in ((5, 40, 8, 0.1), (3, 17, 5, None)):
+        _check_one_scheduler(make_scheduler, warmup_stable_decay, warmup, total, decay, ratio)
     passed("make_scheduler returned a LambdaLR that gave both parameter groups their base LR "
-           "times warmup_cosine at every optimizer step, with min_lr_ratio given and with its "
-           "default")
+           "times warmup_stable_decay at every optimizer step, with min_lr_ratio given and with "
+           "its default")
 
 
-def _check_one_scheduler(make_scheduler, warmup_cosine, warmup, total, ratio) -> None:
+def _check_one_scheduler(make_scheduler, warmup_stable_decay, warmup, total, decay, ratio) -> None:
     model = torch.nn.Linear(4, 3)
     base_lrs = [0.1, 0.02]
     optimizer = torch.optim.SGD([{"params": [model.weight], "lr": base_lrs[0]},
                                  {"params": [model.bias], "lr": base_lrs[1]}], lr=base_lrs[0])
-    args = (optimizer, warmup, total) if ratio is None else (optimizer, warmup, total, ratio)
+    args = (optimizer, warmup, total, decay) + (() if ratio is None else (ratio,))
     called = "without min_lr_ratio" if ratio is None else f"with min_lr_ratio={ratio:g}"
-    learner_code = code_objects([warmup_cosine])
+    learner_code = code_objects([warmup_stable_decay])
     with CallWatch({**_library_schedules(), **learner_code}) as calls:
         try:
             scheduler = call_learner(make_scheduler, *args, name="make_scheduler")
@@ -470,7 +538,7 @@ def _check_one_scheduler(make_scheduler, warmup_cosine, warmup, total, ratio) ->
             if ratio is None and not isinstance(error, NotImplementedYet) and _default_missing(error):
                 raise CheckFailure(f"make_scheduler could not be called {called}",
                                    got=error.what, hint="give min_lr_ratio the default 0.0 in "
-                                   "make_scheduler's signature (and in warmup_cosine's)") from None
+                                   "make_scheduler's signature (and in warmup_stable_decay's)") from None
             raise
         require(isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler),
                 "make_scheduler should return a learning-rate scheduler",
@@ -480,35 +548,36 @@ def _check_one_scheduler(make_scheduler, warmup_cosine, warmup, total, ratio) ->
     library = [name for name in calls.called if name not in learner_code.values()]
     if library:
         raise CheckFailure(f"make_scheduler used {library[0]}, the library's own schedule",
-                           hint="give LambdaLR a function that calls YOUR warmup_cosine from (b)")
+                           hint="give LambdaLR a function that calls YOUR warmup_stable_decay from (b)")
     if not calls.called:
-        raise CheckFailure("the scheduler never called your warmup_cosine",
-                           hint="the lr_lambda you give LambdaLR should call warmup_cosine(step, "
-                           "warmup_steps, total_steps, min_lr_ratio)")
+        raise CheckFailure("the scheduler never called your warmup_stable_decay",
+                           hint="the lr_lambda you give LambdaLR should call warmup_stable_decay("
+                           "step, ...) with the other four arguments of make_scheduler")
     require(isinstance(scheduler, LambdaLR), f"make_scheduler returned a {type(scheduler).__name__}",
             expected="torch.optim.lr_scheduler.LambdaLR",
-            hint="the contract is a LambdaLR over your warmup_cosine: LambdaLR(optimizer, lr_lambda)")
+            hint="the contract is a LambdaLR over your warmup_stable_decay: LambdaLR(optimizer, "
+            "lr_lambda)")
     ratio = 0.0 if ratio is None else ratio
-    expected_end = reference_multiplier(total, warmup, total, ratio)
+    expected_end = reference_multiplier(total, warmup, total, decay, ratio)
     for group, base in enumerate(base_lrs):
         got = [lrs[group] / base for lrs in used]
         if abs(got[warmup] - base) <= SCHEDULE_ATOL:
-            raise CheckFailure(f"at the peak (step {warmup}) parameter group {group} got its base "
-                               f"LR squared ({got[warmup] * base:.4g}) instead of its base LR "
+            raise CheckFailure(f"on the plateau (step {warmup}) parameter group {group} got its "
+                               f"base LR squared ({got[warmup] * base:.4g}) instead of its base LR "
                                f"({base:g})", hint="LambdaLR already multiplies each base LR by "
                                "what lr_lambda returns: return the multiplier alone")
-        if abs(got[0] - reference_multiplier(1, warmup, total, ratio)) <= SCHEDULE_ATOL:
+        if abs(got[0] - reference_multiplier(1, warmup, total, decay, ratio)) <= SCHEDULE_ATOL:
             raise CheckFailure(f"the first optimizer step used the LR of step 1 "
                                f"({got[0] * base:.4g}, not 0)",
                                hint="make_scheduler should not step the scheduler: the training "
                                "loop steps it, after each optimizer.step()")
-        if abs(got[-1] - reference_multiplier(total - 1, warmup, total, ratio)) > SCHEDULE_ATOL \
-                and called.startswith("without"):
+        last = reference_multiplier(total - 1, warmup, total, decay, 0.0)
+        if abs(got[-1] - last) > SCHEDULE_ATOL and called.startswith("without"):
             raise CheckFailure(f"make_scheduler {called}: the learning rate of the last step was "
                                f"{got[-1] * base:.6g}; with the default min_lr_ratio = 0.0 the "
-                               f"contract says {reference_multiplier(total - 1, warmup, total, 0.0) * base:.6g}",
+                               f"contract says {last * base:.6g}",
                                hint="give min_lr_ratio the default 0.0 in make_scheduler's "
-                               "signature, and pass it on to warmup_cosine")
-        _diagnose_curve(got + [expected_end], warmup, total, ratio,
+                               "signature, and pass it on to warmup_stable_decay")
+        _diagnose_curve(got + [expected_end], warmup, total, decay, ratio,
                         f"make_scheduler {called}, parameter group {group} with base LR {base:g},",
                         "learning rate (over the base LR)")
