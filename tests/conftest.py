@@ -25,17 +25,25 @@ MULTI_PROCESS_FILES = {"test_distributed.py", "test_multihost.py"}
 # built once and a notebook's cells share one kernel, in order; the multi-process files share one
 # group, so their process groups never compete with each other for the cores; each start-method run
 # of a notebook is a group of its own. Groups start longest first (a worker that finishes takes the
-# next), in the order below, which a run of `pytest --durations` measured; the rest start last.
+# next), in the order below, which `pytest --junitxml` on two cores measured (the nbgrader course and
+# the browser run take minutes each, so they must not be the last to start); the rest start last.
 LONGEST_FIRST = [
+    "tests/test_nbgrader.py",
+    "tests/test_browser.py",
+    "tests/test_checks_ex04.py",
+    "notebooks/01_",
+    "notebooks/06_",
+    "tests/test_grade_tampering.py",
     "processes",
     "tests/test_start_methods.py::",
     "tests/test_checks_",
-    "solutions/",
-    "notebooks/",
-    "tests/test_grade",
-    "tests/test_nbgrader.py",
+    "notebooks/08_",
+    "solutions/08_",
     "tests/test_exercises.py",
-    "tests/test_browser.py",
+    "solutions/06_",
+    "notebooks/",
+    "solutions/",
+    "tests/test_grade",
 ]
 
 
