@@ -9,6 +9,15 @@ included, under that multiprocessing start method, as on macOS, Windows or Pytho
 import os
 from pathlib import Path
 
+# One torch (OpenMP) thread in every process the tests start: notebook kernels, graders, launches.
+# pytest-xdist keeps every core busy with a worker already, and torch's default of one thread per
+# core then oversubscribes the cores while OpenMP's idle threads spin. Measured on two cores, with
+# two processes each training a small MLP (3,000 AdamW steps) side by side: 18.3 s each with two
+# threads, 3.3 s with one (alone: 3.3 s and 2.8 s). Notebooks run under nbval in lax mode compare
+# only rounded, deterministic outputs, which the thread count does not change. An explicit setting
+# in the environment wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 START_METHOD = os.environ.get("COURSE_START_METHOD")
 if START_METHOD:
     if START_METHOD not in ("fork", "spawn", "forkserver"):
