@@ -106,7 +106,7 @@ CORPUS = [
     ("noise_on_rank_zero_only", "c", "rank 1 passed to the model carried no noise",
      "every training batch"),
     ("uniform_noise", "c", "noise has mean 0.05", "normal distribution"),
-    ("noise_not_scaled", "c", "standard deviation 1.0", "standard deviation of what it draws"),
+    ("noise_not_scaled", "c", "noise has mean", "standard deviation of what it draws"),
     ("noise_at_evaluation_too", "c", "validation inputs differ", "evaluate the examples as they are"),
     # (d) BatchNorm statistics
     ("planted", "d", "is not the mean of the ranks' own", "rank 0's statistics only"),
