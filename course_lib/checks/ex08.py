@@ -1,17 +1,20 @@
 """Checks for exercise 08, a distributed training function to repair (introduced in exercise 08).
 
-The learner repairs `train_distributed(model, train_set, val_shard, checkpoint_path, *, epochs,
+The learner repairs `train_distributed(model, train_set, val_set, checkpoint_path, *, epochs,
 batch_size, seed)`, which runs in every rank of a process group. The checks run it in two real
 processes (`course_lib.distributed.launch`, gloo) and watch it there, one property per check:
 
 - (a) `check_checkpoint`: only rank 0 writes the checkpoint, at `checkpoint_path`, as the plain
   model's state dict; no rank returns before the file is there (a barrier);
-- (b) `check_sharding`: in every epoch the ranks read disjoint shares that cover the training set;
-- (c) `check_new_order_every_epoch`: no rank reads its share in the same order twice in a row;
+- (b) `check_sharding`: in every epoch the ranks read disjoint shares that cover the training set,
+  and no rank reads its share in the same order in two consecutive epochs;
+- (c) `check_augmentation`: every training example gets Gaussian noise of standard deviation
+  NOISE_STD, a fresh draw each time (no two examples, epochs or ranks share a draw), and the
+  validation examples none;
 - (d) `check_batchnorm_synced`: the checkpoint's BatchNorm running statistics are the mean of the
   ranks' own;
-- (e) `check_validation_accuracy`: every rank returns the accuracy over all ranks' validation
-  examples together, each counted once.
+- (e) `check_validation_loss`: the ranks share the validation set out between them, and every rank
+  returns the mean cross-entropy over the whole set, each example counted once.
 
 How the learner's function reaches the processes: a spawned process cannot import a notebook
 cell, so the check reads the function's source (`inspect.getsource`; IPython keeps every cell's
@@ -22,21 +25,26 @@ the variable, before it starts anything.
 
 What the checks watch, inside each process (patching there is the check's own business): every
 call of `torch.save` (the rank, the file, and a pause on rank 0 before it writes, so that a rank
-that does not wait is caught returning before the file exists); the training set, a wrapper that
-writes down the indices each rank reads; each BatchNorm layer's running statistics after the
-rank's last training-mode forward pass (a forward hook); the model's predictions in eval mode and
-the validation indices read, from which the check recomputes the accuracy; and calls of the
-library's own answers (`fit`, `evaluate`, `sharded_loader`, `average_batchnorm_stats`).
+that does not wait is caught returning before the file exists); the training and validation sets,
+wrappers that write down the indices each rank reads; the inputs of every forward pass of the model
+(in training mode, from which the check subtracts the clean examples read, to recover the noise;
+in eval mode, which must be the clean validation examples); each BatchNorm layer's running
+statistics after the rank's last training-mode forward pass (a forward hook); the logits of every
+eval-mode forward pass, from which the check recomputes the loss; and calls of the library's own
+answers (`fit`, `evaluate`, `sharded_loader`, `average_batchnorm_stats`).
 
 The check's data: each rank's training set is the same TRAIN_SIZE digits, its pixels shifted by
 RANK_SHIFT times the rank, so that the ranks' BatchNorm statistics differ even when a wrong
-answer has every rank read the same examples; the validation shards hold VAL_SIZES examples, and
-half of rank 1's carry a wrong label, so that the ranks' accuracies differ widely and the mean of
-the two accuracies is far from the accuracy over all examples.
+answer has every rank read the same examples. The validation set, the same VAL_SIZE examples on
+every rank, is odd-sized, so that a DistributedSampler repeats one example to even out the shares;
+half of its examples carry a wrong label, so that the per-example losses are spread widely (a
+repeated example moves the mean measurably).
 
-Exactness: the checkpoint's tensors must keep the model's dtypes and shapes; the returned accuracy
-must be a Python float within ACCURACY_TOLERANCE (float32's rounding) of the pooled accuracy; the
-BatchNorm statistics within STATS_TOLERANCE of the ranks' mean.
+Tolerances, next to their contracts below: the checkpoint's tensors keep the model's dtypes and
+shapes exactly; the BatchNorm statistics within STATS_TOLERANCE of the ranks' mean; the noise's
+mean and standard deviation within NOISE_MEAN_TOLERANCE and NOISE_STD_TOLERANCE; two noise draws
+count as one when they agree within SAME_DRAW_TOLERANCE; the returned loss, a Python float, within
+LOSS_RTOLERANCE (relative) of the check's own float64 mean over the logits the rank computed.
 
 Time: no fixed limit decides that a run hangs. Every forward pass of the model beats
 `course_lib.distributed.heartbeat`, and `launch` stops the processes once no rank has beaten for
@@ -53,7 +61,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import math
+import itertools
 import os
 import shutil
 import sys
@@ -97,12 +105,30 @@ BATCH_SIZE = 64
 TRAIN_SIZE = 301
 # Added to rank r's pixels times r: the ranks' BatchNorm statistics differ whatever they read.
 RANK_SHIFT = 0.1
-# Unequal shards (rank 0, rank 1) of the 270 validation digits; half of rank 1's are mislabelled.
-# Averaging the two accuracies is then off by (a0 - a1)(181 - 89) / (2 * 270), which measured
-# 0.037 to 0.080 over 16 seeds. The tolerance is float32 division's rounding (about 6e-8 on a
-# number below 1) with room to spare: a figure rounded to 4 decimals, or computed in float16, fails.
-VAL_SIZES = (181, 89)
-ACCURACY_TOLERANCE = 1e-6
+# The validation set every rank is given: 269 of the 270 validation digits, an odd number, so
+# that a DistributedSampler pads the two shares to 135 each by repeating one example. Half carry a
+# wrong label: the per-example losses then range from near 0 to several nats, so that counting one
+# example twice moves the mean measurably (LOSS_RTOLERANCE below).
+VAL_SIZE = 269
+# The mean loss is compared with the check's own float64 mean over the logits each rank computed.
+# Computed in float32 (each loss a few units in the last place, 1e-7 of itself; a pairwise sum of
+# 135 of them, a sum over the batches and over two ranks, a division) it is off by at most about
+# 1e-6 of itself (the correct answers measured within 1.4e-7 over 16 seeds); counting one example
+# twice moved the mean by 1.1e-4 to 1.4e-3 of itself over 16 seeds.
+LOSS_RTOLERANCE = 2e-6
+# The augmentation the contract asks for: Gaussian noise of this standard deviation added to every
+# training input. Each rank draws about 29,000 noise values over the three epochs (151 examples of
+# 64 pixels, three times): the standard error of their standard deviation is about 4e-4 and of
+# their mean about 6e-4, so the tolerances are some ten standard errors; uniform noise (mean 0.05)
+# or unscaled noise (standard deviation 1) is far outside. Measured over 16 seeds and two ranks,
+# the reference's noise had a standard deviation of 0.0992 to 0.1004, a mean of -0.0014 to 0.0007.
+NOISE_STD = 0.1
+NOISE_STD_TOLERANCE = 0.005
+NOISE_MEAN_TOLERANCE = 0.005
+# Two examples' noise (64 values each) counts as the same draw when no value differs by more than
+# this: recovering the noise as (noisy input - clean input) in float32 leaves a rounding error of
+# about 1e-7, while two independent draws differ somewhere by about 0.3.
+SAME_DRAW_TOLERANCE = 1e-5
 # BatchNorm statistics are compared with float32 arithmetic's slack (a sum of two float32 values
 # and a division, in whatever order: a few units in the last place, about 1e-7 relative). The
 # ranks' own statistics differed by at least 3e-3 in every buffer over 16 seeds: one rank's copy
@@ -128,22 +154,21 @@ STALL_RATIO = 2.0
 LAUNCH_TIMEOUT_S = 600.0
 
 hint = make_hint({
-    "a": "Wrap the writing in `if is_main_process():` (or `get_rank() == 0`), save the plain "
-    "model's state dict (the one you were given, not the DistributedDataParallel wrapper), and "
-    "let every rank meet at `barrier()` AFTER that block, so that no rank goes on before the "
-    "file exists.",
-    "b": "Give the training DataLoader a DistributedSampler built with the same seed on every "
-    "rank (the `seed` argument): it shuffles the whole set once with that seed and deals each "
-    "rank its own share. A seed per rank with a plain shuffled loader still has every rank read "
-    "every example.",
-    "c": "Build the sampler once, before the epochs, and call its `set_epoch(epoch)` at the start "
-    "of every epoch, before the loop over batches: the sampler shuffles with seed + epoch.",
-    "d": "Before saving, replace every BatchNorm layer's running_mean and running_var by their "
-    "mean over the ranks: `dist.all_reduce` with the SUM, then divide by the world size, on "
-    "every rank.",
-    "e": "Count correct predictions and examples on each rank, put the two numbers in one tensor, "
-    "all-reduce it (a sum), and divide the total correct by the total count. Evaluate in eval "
-    "mode, every example of the shard once (no drop_last).",
+    "a": "Which ranks reach the line that writes, as it stands? And when the other ranks go on "
+    "(to return, to read the file), what guarantees that rank 0 has finished writing? Think also "
+    "about which object's state dict a plain SmallCNN can load.",
+    "b": "Print, on each rank, the first indices it reads in two epochs (a DataLoader over "
+    "range(10) will do): the ranks must deal one permutation out between them, and the "
+    "permutation must change with the epoch.",
+    "c": "The check seeded the global generator alike on every rank before it built your model, "
+    "so that the ranks start with the same weights. What does that make of noise drawn from the "
+    "global generator? And a stream that starts again from its seed, when does it repeat itself?",
+    "d": "Each rank's running statistics follow its own batches; the checkpoint must hold their "
+    "mean. Which collective gives every rank the sum of a tensor over the ranks, and what is "
+    "left to do to turn a sum into a mean?",
+    "e": "List what a DistributedSampler gives each rank on a set of 5 examples: how many "
+    "indices in all, and which one appears twice? Your sums must count every example once; "
+    "either skip what was repeated, or share the set out in a way that repeats nothing.",
 })
 
 
@@ -259,19 +284,32 @@ def _digits() -> tuple[torch.Tensor, ...]:
 
 
 def _check_data(seed: int, rank: int, digits):
-    """This rank's training set and validation shard for one seed."""
+    """This rank's training set and the validation set (the same on every rank) for one seed."""
     x, y, vx, vy = digits
     generator = torch.Generator().manual_seed(10_000 + seed)
     chosen = torch.randperm(len(y), generator=generator)[:TRAIN_SIZE]
     train = _WatchedSet(x[chosen], y[chosen], shift=RANK_SHIFT * rank)
-    order = torch.randperm(len(vy), generator=generator)
-    start = sum(VAL_SIZES[:rank])
-    mine = order[start:start + VAL_SIZES[rank]]
+    mine = torch.randperm(len(vy), generator=generator)[:VAL_SIZE]
     labels = vy[mine].clone()
-    if rank == 1:  # half of rank 1's examples carry a wrong label
-        wrong = torch.randperm(len(labels), generator=generator)[:len(labels) // 2]
-        labels[wrong] = (labels[wrong] + 1 + torch.randint(9, (len(wrong),), generator=generator)) % 10
+    wrong = torch.randperm(len(labels), generator=generator)[:len(labels) // 2]
+    labels[wrong] = (labels[wrong] + 1 + torch.randint(9, (len(wrong),), generator=generator)) % 10
     return train, _WatchedSet(vx[mine], labels)
+
+
+def _noise(seen: list[torch.Tensor], dataset: _WatchedSet):
+    """What the model's inputs carried on top of the examples read, one row per example (float64),
+    or None when the forward passes did not take the examples read, once each, in order."""
+    if not seen or not dataset.reads:
+        return None
+    try:
+        inputs = torch.cat(seen).double()
+    except RuntimeError:  # batches of different shapes
+        return None
+    clean = (dataset.inputs[torch.tensor(dataset.reads)] + dataset.shift).reshape(
+        len(dataset.reads), -1).double()
+    if inputs.shape != clean.shape:
+        return None
+    return (inputs - clean).float()
 
 
 def _batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -348,7 +386,9 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
     model = SmallCNN(batch_norm=True)
     own_stats: dict[str, torch.Tensor] = {}
     trained = [0]
-    predictions: list[torch.Tensor] = []
+    train_inputs: list[torch.Tensor] = []
+    eval_inputs: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
 
     def after_batchnorm(module, args, output, name):
         if module.training and module.track_running_stats:
@@ -357,10 +397,13 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
 
     def after_model(module, args, output):
         heartbeat()
+        inputs = args[0].detach().reshape(len(args[0]), -1).clone() if args else torch.zeros(0)
         if module.training:
             trained[0] += 1
+            train_inputs.append(inputs)
         else:
-            predictions.append(output.detach().argmax(dim=1).clone())
+            eval_inputs.append(inputs)
+            logits.append(output.detach().clone())
 
     handles = [layer.register_forward_hook(
         lambda m, a, o, name=name: after_batchnorm(m, a, o, name))
@@ -402,7 +445,9 @@ def _observe_one(function, module_name: str, seed: int, rank: int, digits, calls
         "checkpoint": checkpoint, "own_stats": own_stats, "trained_batches": trained[0],
         "train_reads": list(train.reads), "val_reads": list(val.reads),
         "val_labels": val.labels.clone(),
-        "predictions": torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long),
+        "logits": torch.cat(logits) if logits else torch.zeros(0, 10),
+        "train_noise": _noise(train_inputs, train),
+        "eval_noise": _noise(eval_inputs, val),
         "returned": returned, "library_calls": list(calls),
         "plain_keys": sorted(model.state_dict()),
         "plain_kinds": {key: (str(value.dtype), tuple(value.shape))
@@ -573,7 +618,8 @@ def _epochs(record, name: str) -> list[list[int]]:
 
 def check_sharding(train_distributed, *, seeds=SEEDS) -> None:
     """In every epoch, the ranks read disjoint shares that together cover the training set
-    (DistributedSampler's padding: at most world_size - 1 examples read twice)."""
+    (DistributedSampler's padding: at most world_size - 1 examples read twice), and no rank reads
+    its share in the same order in two consecutive epochs."""
     runs = observe([train_distributed], seeds, pause_s=0.0)[0]
     judge_sharding(runs)
 
@@ -607,33 +653,117 @@ def judge_sharding(runs, name: str = "train_distributed") -> None:
                     f"in epoch {epoch + 1}, {missed} of the {TRAIN_SIZE} training examples were "
                     "read by no rank", hint="the ranks' shares must cover the whole set: "
                     "DistributedSampler with num_replicas=get_world_size(), rank=get_rank()")
-    passed(f"in every epoch the ranks read disjoint shares of the {TRAIN_SIZE} training examples "
-           f"({_runs(runs)})")
+        for record, rank_epochs in zip(records, epochs):
+            for epoch in range(1, EPOCHS):
+                if rank_epochs[epoch] != rank_epochs[epoch - 1]:
+                    continue
+                in_order = rank_epochs[epoch][:-1] == sorted(rank_epochs[epoch][:-1])
+                raise CheckFailure(
+                    f"rank {record['rank']} read its {len(rank_epochs[epoch])} examples in the "
+                    f"same order in epochs {epoch} and {epoch + 1}"
+                    + (", in the order of their indices" if in_order else ""),
+                    hint="nothing shuffles the share: the examples come in the order of their "
+                    "indices" if in_order else "a DistributedSampler's permutation depends on "
+                    "its seed and on the epoch it was last told; it cannot know the epoch by "
+                    "itself")
+    passed(f"in every epoch the ranks read disjoint shares of the {TRAIN_SIZE} training examples, "
+           f"in a new order each epoch ({_runs(runs)})")
 
 
-# ---- (c) a new order every epoch -------------------------------------------------------------------
+# ---- (c) augmentation noise: a fresh draw for every example, on every rank -----------------------
 
 
-def check_new_order_every_epoch(train_distributed, *, seeds=SEEDS) -> None:
-    """No rank reads its examples in the same order in two consecutive epochs."""
+def check_augmentation(train_distributed, *, seeds=SEEDS) -> None:
+    """Every training input carries Gaussian noise (mean 0, standard deviation NOISE_STD), no two
+    examples share a draw (not on two ranks, not in two epochs, not in one batch), and the
+    validation inputs carry none."""
     runs = observe([train_distributed], seeds, pause_s=0.0)[0]
-    judge_new_order_every_epoch(runs)
+    judge_augmentation(runs)
 
 
-def judge_new_order_every_epoch(runs, name: str = "train_distributed") -> None:
-    """What check_new_order_every_epoch requires of the runs `observe` made."""
+def _where(record, row: int) -> tuple[int, int]:
+    """(epoch, position in the epoch) of the row-th training example a rank read."""
+    size = len(record["train_reads"]) // EPOCHS
+    return row // size, row % size
+
+
+def judge_augmentation(runs, name: str = "train_distributed") -> None:
+    """What check_augmentation requires of the runs `observe` made."""
     _common(runs, name)
     for records in runs:
         for record in records:
-            epochs = _epochs(record, name)
-            for epoch in range(1, EPOCHS):
-                require(epochs[epoch] != epochs[epoch - 1],
-                        f"rank {record['rank']} read its {len(epochs[epoch])} examples in the "
-                        f"same order in epochs {epoch} and {epoch + 1}",
-                        hint="a DistributedSampler shuffles with seed + the epoch it was last "
-                        "told: call sampler.set_epoch(epoch) at the start of every epoch, with "
-                        "that epoch's number")
-    passed(f"every rank read a new order in each of the {EPOCHS} epochs ({_runs(runs)})")
+            rank, noise = record["rank"], record["train_noise"]
+            _epochs(record, name)
+            require(noise is not None,
+                    f"the check could not match rank {rank}'s training forward passes to the "
+                    "examples it read",
+                    hint="feed every batch the training loader gives you to the model once, in "
+                    "the order the loader gives them, with the noise added to its inputs")
+            silent = int((noise.abs().amax(dim=1) <= SAME_DRAW_TOLERANCE).sum())
+            require(silent == 0,
+                    f"{silent} of the {len(noise)} training inputs rank {rank} passed to the model "
+                    "carried no noise",
+                    hint="every training batch, on every rank, in every epoch, gets its noise")
+        _no_repeated_draw(records)
+        for record in records:
+            noise = record["train_noise"].double()
+            mean, std = noise.mean().item(), noise.std().item()
+            require(abs(mean) <= NOISE_MEAN_TOLERANCE
+                    and abs(std - NOISE_STD) <= NOISE_STD_TOLERANCE,
+                    f"rank {record['rank']}'s noise has mean {mean:.3f} and standard deviation "
+                    f"{std:.3f}", expected=f"Gaussian noise, mean 0 and standard deviation "
+                    f"{NOISE_STD} (within {NOISE_MEAN_TOLERANCE} and {NOISE_STD_TOLERANCE})",
+                    hint="which of torch's random functions draws from a normal distribution, and "
+                    "what is the standard deviation of what it draws?")
+        for record in records:
+            eval_noise = record["eval_noise"]
+            if eval_noise is not None and len(eval_noise):
+                largest = eval_noise.abs().max().item()
+                require(largest <= SAME_DRAW_TOLERANCE,
+                        f"rank {record['rank']}'s validation inputs differ from the validation "
+                        f"examples by up to {largest:.2g}",
+                        hint="the noise is an augmentation of the training data: evaluate the "
+                        "examples as they are")
+    passed(f"every training input got a fresh draw of noise, different on every rank, and "
+           f"validation none ({_runs(runs)})")
+
+
+def _no_repeated_draw(records) -> None:
+    """Fail when two training inputs (on one rank or on two) carried the same noise."""
+    rows = torch.cat([record["train_noise"] for record in records])
+    owner = [(record["rank"], row) for record in records
+             for row in range(len(record["train_noise"]))]
+    distance = torch.cdist(rows.double(), rows.double(), p=float("inf"))
+    distance.fill_diagonal_(float("inf"))
+    pairs = torch.nonzero(distance <= SAME_DRAW_TOLERANCE)
+    if not len(pairs):
+        return
+    kinds = [(owner[i], owner[j]) for i, j in pairs.tolist() if i < j]
+    by_record = {record["rank"]: record for record in records}
+    across = [(a, b) for a, b in kinds if a[0] != b[0]]
+    if across:
+        (rank_a, row_a), (rank_b, row_b) = across[0]
+        epoch_a, at_a = _where(by_record[rank_a], row_a)
+        epoch_b, at_b = _where(by_record[rank_b], row_b)
+        raise CheckFailure(
+            f"rank {rank_a} and rank {rank_b} drew the same noise ({len(across)} times; first "
+            f"for example {at_a + 1} of epoch {epoch_a + 1} on rank {rank_a} and example "
+            f"{at_b + 1} of epoch {epoch_b + 1} on rank {rank_b})",
+            hint="whatever generator you draw from starts in the same state on every rank: the "
+            "ranks' streams must differ, while the model's first weights stay the same")
+    (rank, row_a), (_, row_b) = kinds[0]
+    epoch_a, at_a = _where(by_record[rank], row_a)
+    epoch_b, at_b = _where(by_record[rank], row_b)
+    if epoch_a != epoch_b:
+        raise CheckFailure(
+            f"rank {rank} drew the same noise in epoch {epoch_a + 1} and epoch {epoch_b + 1} "
+            f"({len(kinds)} times; first for examples {at_a + 1} and {at_b + 1})",
+            hint="a generator that starts again from its seed repeats its draws: keep one stream "
+            "going for the whole run")
+    raise CheckFailure(
+        f"rank {rank} gave {len(kinds)} pairs of training inputs the same noise (first examples "
+        f"{at_a + 1} and {at_b + 1} of epoch {epoch_a + 1})",
+        hint="draw new noise for every example of every batch, not once for all")
 
 
 # ---- (d) BatchNorm statistics averaged before saving ---------------------------------------------
@@ -691,69 +821,87 @@ def judge_batchnorm_synced(runs, name: str = "train_distributed") -> None:
     passed(f"the checkpoint's BatchNorm statistics are the ranks' mean ({_runs(runs)})")
 
 
-# ---- (e) validation accuracy over all ranks' examples --------------------------------------------
+# ---- (e) the validation loss over the whole set, shared out between the ranks -------------------
 
 
-def check_validation_accuracy(train_distributed, *, seeds=SEEDS) -> None:
-    """Every rank returns (correct predictions on all ranks) / (examples on all ranks), each
-    validation example evaluated once, in eval mode."""
+def check_validation_loss(train_distributed, *, seeds=SEEDS) -> None:
+    """The ranks evaluate disjoint shares of the validation set that together cover it (a
+    DistributedSampler's repeat allowed), in eval mode, and every rank returns the mean
+    cross-entropy over the VAL_SIZE examples, each counted once, as a Python float."""
     runs = observe([train_distributed], seeds, pause_s=0.0)[0]
-    judge_validation_accuracy(runs)
+    judge_validation_loss(runs)
 
 
-def judge_validation_accuracy(runs, name: str = "train_distributed") -> None:
-    """What check_validation_accuracy requires of the runs `observe` made."""
+def judge_validation_loss(runs, name: str = "train_distributed") -> None:
+    """What check_validation_loss requires of the runs `observe` made."""
+    import torch.nn.functional as F
+
     _common(runs, name)
     for records in runs:
-        correct, counts = [], []
+        losses: dict[int, list[float]] = {}
+        rank_means, reads_per_rank = [], []
         for record in records:
-            rank, size = record["rank"], len(record["val_labels"])
-            reads, predictions = record["val_reads"], record["predictions"]
-            require(len(predictions) > 0,
-                    f"rank {rank} made no prediction in eval mode", hint="call model.eval() "
-                    "before evaluating (BatchNorm must use its running statistics)")
-            require(sorted(reads) == list(range(size)),
-                    f"rank {rank} evaluated {len(set(reads))} of its {size} validation examples "
-                    f"({len(reads)} reads)",
-                    hint="evaluate every example of the shard exactly once: no drop_last, no "
-                    "sampler that pads or skips")
-            require(len(predictions) == len(reads),
-                    f"rank {rank}'s eval-mode predictions ({len(predictions)}) do not match the "
-                    f"validation examples it read ({len(reads)})",
-                    hint="evaluate the validation shard once, in eval mode, and nothing else")
-            labels = record["val_labels"][torch.tensor(reads)]
-            correct.append(int((predictions == labels).sum()))
-            counts.append(size)
-        expected = sum(correct) / sum(counts)
-        rank_accuracies = [c / n for c, n in zip(correct, counts)]
-        mean_of_ranks = sum(rank_accuracies) / len(rank_accuracies)
-        for record, own in zip(records, rank_accuracies):
+            rank, reads, logits = record["rank"], record["val_reads"], record["logits"]
+            require(len(logits) > 0,
+                    f"rank {rank} made no prediction in eval mode", hint="BatchNorm must use "
+                    "its running statistics when you evaluate: which mode is that?")
+            require(len(logits) == len(reads),
+                    f"rank {rank}'s eval-mode forward passes took {len(logits)} examples, but it "
+                    f"read {len(reads)} validation examples",
+                    hint="evaluate the validation examples read, once each, and nothing else in "
+                    "eval mode")
+            repeated = len(reads) - len(set(reads))
+            require(repeated == 0, f"rank {rank} evaluated {repeated} validation examples more "
+                    "than once", hint="each rank evaluates each example of its share once")
+            own = F.cross_entropy(logits.double(), record["val_labels"][torch.tensor(reads)],
+                                  reduction="none")
+            for index, loss in zip(reads, own.tolist()):
+                losses.setdefault(index, []).append(loss)
+            rank_means.append(own.mean().item())
+            reads_per_rank.append(len(reads))
+        both = sum(len(copies) > 1 for copies in losses.values())
+        require(both <= WORLD_SIZE - 1,
+                f"{both} validation examples were evaluated by both ranks",
+                hint="share the validation set out between the ranks, as the training set: each "
+                "rank evaluates its own part")
+        missed = VAL_SIZE - len(losses)
+        require(missed == 0, f"{missed} of the {VAL_SIZE} validation examples were evaluated by "
+                "no rank", hint="the ranks' shares must cover the whole set: a sampler or a cut "
+                "that evens out the shares by leaving examples out loses them from the mean")
+        # An example both ranks evaluated counts once, with either rank's loss (the two agree
+        # when the ranks' models agree): one right answer per choice of copy.
+        single = sum(copies[0] for copies in losses.values() if len(copies) == 1)
+        repeated = [copies for copies in losses.values() if len(copies) > 1]
+        right = [(single + sum(choice)) / VAL_SIZE for choice in itertools.product(*repeated)]
+        slack = LOSS_RTOLERANCE * max(right)
+        every_read = sum(sum(copies) for copies in losses.values()) / sum(reads_per_rank)
+        mean_of_ranks = sum(rank_means) / len(rank_means)
+        for record, own_mean in zip(records, rank_means):
             got = record["returned"]
-            if isinstance(got, float) and not math.isnan(got) and \
-                    abs(got - expected) <= ACCURACY_TOLERANCE:
+            if isinstance(got, float) and any(abs(got - value) <= slack for value in right):
                 continue
             if not isinstance(got, float):
                 raise CheckFailure(f"rank {record['rank']} returned {got}, not a Python float",
-                                   hint="return a plain Python float (a tensor's .item() is one), "
-                                   "not a tensor or an array")
-            if abs(got - mean_of_ranks) <= ACCURACY_TOLERANCE:
-                hint = ("that is the mean of the ranks' accuracies, but the shards differ in size "
-                        f"({counts[0]} and {counts[1]}): add up correct predictions and counts "
-                        "over the ranks and divide once (lesson 05's sums and counts)")
-            elif abs(got - own) <= ACCURACY_TOLERANCE:
-                hint = ("that is this rank's own accuracy: all-reduce the correct predictions "
-                        "and the counts, then divide")
-            elif any(abs(got - round(expected, places)) <= 1e-12 for places in range(1, 6)):
-                hint = (f"that is the right accuracy rounded: do not round the returned figure "
-                        f"(the check allows {ACCURACY_TOLERANCE:g}, float32's rounding)")
-            elif abs(got - expected) <= 1e-2:
-                hint = ("close, but not within float32's rounding: divide in float32 or float64 "
-                        f"(not float16), and do not round (the check allows {ACCURACY_TOLERANCE:g})")
+                                   hint="return a plain Python float (a one-element tensor's "
+                                   ".item() is one), not a tensor or an array")
+            if both and (abs(got - every_read) <= slack or abs(got - mean_of_ranks) <= slack):
+                hint = (f"the ranks evaluated {' + '.join(map(str, reads_per_rank))} = "
+                        f"{sum(reads_per_rank)} examples of a set of {VAL_SIZE}: one of them "
+                        "twice, and your mean counts it twice. Count each example once")
+            elif abs(got - mean_of_ranks) <= slack:
+                hint = ("that is the mean of the ranks' mean losses, but the ranks evaluated "
+                        f"{' and '.join(map(str, reads_per_rank))} examples: add up losses and "
+                        "counts over the ranks, and divide once")
+            elif abs(got - own_mean) <= slack:
+                hint = ("that is this rank's own mean loss: the figure must cover every rank's "
+                        "examples")
             else:
-                hint = ("divide the all-reduced number of correct predictions by the all-reduced "
-                        "number of examples")
-            raise CheckFailure(f"rank {record['rank']} returned accuracy {got:.4f}",
-                               expected=f"{expected:.4f} ({sum(correct)} correct of "
-                               f"{sum(counts)} examples on all ranks)", hint=hint)
-    passed(f"every rank returned the accuracy over all {sum(VAL_SIZES)} validation examples "
-           f"({_runs(runs)})")
+                hint = ("the mean over the set is the sum of every example's loss over the sum of "
+                        "the counts; a mean of batch means, or a batch mean times the full batch "
+                        "size, weighs the last, smaller batch wrongly (lesson 05)")
+            raise CheckFailure(f"rank {record['rank']} returned a mean loss of {got:.5f}",
+                               expected=f"{right[0]:.5f}, the mean over the {VAL_SIZE} "
+                               f"examples, each counted once (within {LOSS_RTOLERANCE:g} of it)",
+                               hint=hint)
+    passed(f"the ranks shared out the {VAL_SIZE} validation examples, and every rank returned "
+           f"the mean loss over all of them ({_runs(runs)})")
