@@ -225,9 +225,10 @@ def probe() -> str | None:
             if done.returncode != 0:
                 reason = ("bwrap cannot make a sandbox here: "
                           + (done.stderr.strip().splitlines() or ["no message"])[-1]
-                          + " (unprivileged user namespaces may be disabled: "
-                          "sysctl kernel.unprivileged_userns_clone=1, or run the grader as "
-                          "root); " + INSTALL_HINT)
+                          + " (unprivileged user namespaces may be disabled: on Ubuntu 23.10 "
+                          "and later, sysctl kernel.apparmor_restrict_unprivileged_userns=0; on "
+                          "older Debian, sysctl kernel.unprivileged_userns_clone=1; or run the "
+                          "grader as root); " + INSTALL_HINT)
         except (OSError, subprocess.SubprocessError) as error:
             reason = f"bwrap cannot make a sandbox here: {error}; {INSTALL_HINT}"
     _probe_result[True] = reason
