@@ -115,31 +115,22 @@ def code_objects(functions) -> dict:
     return table
 
 
-class CallWatch:
-    """Records, in order, which watched functions start while a block runs.
+class ProfileWatch:
+    """A context manager that shows every Python call made while its block runs to `_on_call`.
 
-    Watched are the functions whose code objects are the keys of `watched` (see `code_objects`),
-    and every function defined in a module named by one of the `modules` prefixes (less those in
-    `exclude`). A profile function sees each call however the learner reached the function: by its
-    module, a name imported into the notebook, an alias or a lambda, which patching module
-    attributes would miss. A profile function set before the block keeps running.
+    A profile function sees each call however the learner reached the function (by its module, a
+    name imported into the notebook, an alias or a lambda), which patching module attributes would
+    miss. A profile function set before the block keeps running.
     """
 
-    def __init__(self, watched: dict | None = None, modules=(), exclude=()):
-        self.watched = watched or {}
-        self.modules, self.exclude = tuple(modules), tuple(exclude)
-        self.called: list[str] = []
-        self._previous = None
+    _previous = None
+
+    def _on_call(self, frame) -> None:
+        raise NotImplementedError
 
     def _profile(self, frame, event, arg):
         if event == "call":
-            name = self.watched.get(frame.f_code)
-            if name is None and self.modules:
-                module = frame.f_globals.get("__name__", "")
-                if module.startswith(self.modules) and not module.startswith(self.exclude or ("\0",)):
-                    name = f"{module}.{frame.f_code.co_qualname}"
-            if name is not None and name not in self.called:
-                self.called.append(name)
+            self._on_call(frame)
         if self._previous is not None:
             self._previous(frame, event, arg)
 
@@ -151,6 +142,29 @@ class CallWatch:
     def __exit__(self, *exc_info):
         sys.setprofile(self._previous)
         return False
+
+
+class CallWatch(ProfileWatch):
+    """Records, in order, which watched functions start while a block runs.
+
+    Watched are the functions whose code objects are the keys of `watched` (see `code_objects`),
+    and every function defined in a module named by one of the `modules` prefixes (less those in
+    `exclude`).
+    """
+
+    def __init__(self, watched: dict | None = None, modules=(), exclude=()):
+        self.watched = watched or {}
+        self.modules, self.exclude = tuple(modules), tuple(exclude)
+        self.called: list[str] = []
+
+    def _on_call(self, frame) -> None:
+        name = self.watched.get(frame.f_code)
+        if name is None and self.modules:
+            module = frame.f_globals.get("__name__", "")
+            if module.startswith(self.modules) and not module.startswith(self.exclude or ("\0",)):
+                name = f"{module}.{frame.f_code.co_qualname}"
+        if name is not None and name not in self.called:
+            self.called.append(name)
 
     def first(self, *prefixes: str) -> str | None:
         """The first recorded call under the first of `prefixes` that has one."""

@@ -50,7 +50,6 @@ import contextlib
 import copy
 import os
 import random
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from torch import nn
 
 from course_lib.checks._core import (
     CallWatch,
+    ProfileWatch,
     CheckFailure,
     NotImplementedYet,
     call_learner,
@@ -139,30 +139,18 @@ def _load_plain(path: Path, what: str):
                            "lists and dicts, never objects such as the optimizer itself") from None
 
 
-class OwnCalls:
+class OwnCalls(ProfileWatch):
     """Records each call of the learner's own function `fn` (by its code object, however it was
     reached: its name, an alias, a default argument) with the arguments it was called with."""
 
     def __init__(self, fn):
         self.code = getattr(fn, "__code__", None)
         self.calls: list[dict] = []
-        self._previous = None
 
-    def _profile(self, frame, event, arg):
-        if event == "call" and frame.f_code is self.code:
+    def _on_call(self, frame) -> None:
+        if frame.f_code is self.code:
             names = self.code.co_varnames[:self.code.co_argcount]
             self.calls.append({name: frame.f_locals.get(name) for name in names})
-        if self._previous is not None:
-            self._previous(frame, event, arg)
-
-    def __enter__(self):
-        self._previous = sys.getprofile()
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc_info):
-        sys.setprofile(self._previous)
-        return False
 
     def paths(self, position: int = 1) -> list[str]:
         """The resolved paths given as argument number `position` (0-based)."""
