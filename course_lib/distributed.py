@@ -108,11 +108,12 @@ def close_distributed() -> None:
     if is_distributed():
         dist.barrier()  # every rank leaves together
         dist.destroy_process_group()
-        # The DDP wrapper and its hooks form reference cycles that keep the gloo group's C++ threads
-        # alive until Python's shutdown, and freeing them that late can abort the process
-        # ("terminate called without an active exception"): torchrun then reports a failed run
-        # although training ended. Measured on two busy cores with torch 2.13: 3 aborts in 113
-        # two-process torchrun runs without this collection, none in 60 with it.
+        # Free what the run left in reference cycles now, while the interpreter is whole. Without
+        # this, a rank sometimes aborted in Python's shutdown, after this function had returned
+        # ("terminate called without an active exception", from one of torch's C++ threads), and
+        # torchrun reported a failed run although training had ended. Measured on two busy cores
+        # with torch 2.13: 3 aborts in 113 two-process torchrun runs without this collection, none
+        # in 60 with it. Why it helps is not pinned down; those counts are the evidence.
         gc.collect()
 
 
