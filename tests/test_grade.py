@@ -40,10 +40,17 @@ from course_lib.instructor.grade import (
 from course_lib.instructor.make_exercises import make_exercise, package_root
 from course_lib.instructor.sandbox import Sandbox, probe
 
-# Where bubblewrap cannot make a box (macOS, Windows, a container without user namespaces), these
-# tests grade without one, as `--no-sandbox` would: what they check is the grading itself.
-# tests/test_grade_tampering.py checks what the box keeps out, and skips there, saying why.
-BOX = probe() is None
+
+@pytest.fixture(scope="module")
+def box() -> bool:
+    """Whether grading here runs in the bubblewrap box (probed once, when a test first needs it).
+
+    Where no box can be made (macOS, Windows, a container without user namespaces), these tests
+    grade without one, as `--no-sandbox` would: what they check is the grading itself.
+    tests/test_grade_tampering.py checks what the box keeps out, and skips there, saying why.
+    """
+    return probe() is None
+
 
 # Check cells in the style of course_lib.checks, with a stand-in CheckFailure defined in a lesson
 # cell: importing course_lib in a kernel also imports torch, seconds per kernel. Like the real one,
@@ -187,7 +194,7 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rows(workspace):
+def rows(workspace, box):
     """Grade every fixture once; the endless loop gets a short limit."""
     reference = workspace / "exercises"
     folder = workspace / "submissions"
@@ -200,9 +207,9 @@ def rows(workspace):
     # The grader's own environment holds a secret that no submission may read.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SECRET, "hunter2")
-        graded = grade(paths, reference=reference, timeout=60, sandbox=BOX)
+        graded = grade(paths, reference=reference, timeout=60, sandbox=box)
     graded.append(grade_notebook(folder / "01_demo-endless.ipynb", reference=reference, timeout=2,
-                                 sandbox=BOX))
+                                 sandbox=box))
     return {row["notebook"].rsplit("-", 1)[-1].removesuffix(".ipynb"): row for row in graded}
 
 
@@ -417,11 +424,11 @@ def test_invalid_json_is_not_a_notebook_but_still_has_its_checks(rows):
     )
 
 
-def test_missing_reference_is_reported_not_raised(tmp_path):
+def test_missing_reference_is_reported_not_raised(tmp_path, box):
     nbformat.write(submission(), tmp_path / "99_unknown.ipynb")
     (tmp_path / "exercises").mkdir()
     row = grade_notebook(tmp_path / "99_unknown.ipynb", reference=tmp_path / "exercises",
-                         sandbox=BOX)
+                         sandbox=box)
     assert row["status"] == "crashed"
     assert "no reference exercise found" in row["note"]
 
@@ -627,7 +634,7 @@ def test_solution_sources_with_hidden_tests_are_used_when_in_step(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_cli_prints_total_and_writes_csv_and_feedback(workspace, tmp_path, capsys):
+def test_cli_prints_total_and_writes_csv_and_feedback(workspace, tmp_path, capsys, box):
     folder = workspace / "submissions"
     gradebook = tmp_path / "gradebook.csv"
     feedback = tmp_path / "feedback"
@@ -635,7 +642,7 @@ def test_cli_prints_total_and_writes_csv_and_feedback(workspace, tmp_path, capsy
         str(folder / "01_demo-failing.ipynb"), str(folder / "01_demo-not_json.ipynb"),
         str(folder / "01_demo-floor.ipynb"),
         "--reference", str(workspace / "exercises"), "--csv", str(gradebook), "--timeout", "30",
-        "--feedback", str(feedback), *([] if BOX else ["--no-sandbox"]),
+        "--feedback", str(feedback), *([] if box else ["--no-sandbox"]),
     ])
     assert code == 0
     out = capsys.readouterr().out.splitlines()
